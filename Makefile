@@ -1,0 +1,31 @@
+# The two commands of the README:
+#   make demo   - install everything, then run the whole DAG on the synthetic demo (dvc repro)
+#   make test   - install everything, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test clean-results
+
+setup: $(STAMP)
+
+# Re-install only when the pinned requirements or the package metadata change.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -c "import torch, torchaudio, heatedasc; print('torch', torch.__version__, 'torchaudio', torchaudio.__version__)"
+	touch $(STAMP)
+
+demo: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show
+	@echo "Tables: results/tables/table2.md results/tables/table3.md; figures: results/figures/"
+
+test: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+clean-results:
+	rm -rf results/prepared results/coefficients results/features results/runs results/tables results/figures results/metrics.json logs .snakemake

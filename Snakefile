@@ -1,0 +1,48 @@
+# Heated-up softmax + spectrum correction for mismatched-device acoustic scene classification.
+# Thin entry point: configuration, validation, the rule files and the default target.
+#   snakemake --cores all --configfile params.yaml config/smoke.yaml     # the demo
+#   snakemake -n                                                          # plan the paper grid
+#   snakemake --profile slurm                                             # the same DAG on SLURM
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "params.yaml")
+
+
+validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/coefficients.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        report_outputs(),
+    default_target: True
+
+
+# Aggregate targets, one per coarse DVC stage (dvc.yaml calls them by name).
+rule synthetic_data:
+    input:
+        [path("meta")] if config["synth"]["enabled"] else [],
+
+
+rule features_all:
+    input:
+        expand(path("cache"), correction=SWEEP["correction"], split=SPLITS),
+        expand(path("cache_index"), correction=SWEEP["correction"], split=SPLITS),
+        path("coefficient_plot"),
+        path("prepare_summary"),
+
+
+rule train_all:
+    input:
+        all_run_files("metrics.json"),

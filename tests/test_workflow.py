@@ -1,0 +1,167 @@
+"""The workflow as users run it: Snakemake planning the paper grid, a tiny real run end to end,
+and bad input stopping at the prepare stage."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, venv_env
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(workdir: Path, *args: str, configfiles=(), check=True, timeout=900):
+    cmd = SNAKEMAKE + [
+        "--snakefile", str(REPO / "Snakefile"),
+        "--directory", str(workdir),
+        "--configfile", str(REPO / "params.yaml"), *map(str, configfiles),
+        *args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=venv_env(), timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict:
+    """Parse Snakemake's 'Job stats' table into {rule: count}."""
+    counts = {}
+    block = output.split("Job stats:", 1)[1]
+    for line in block.splitlines()[3:]:
+        m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def write_override(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def empty_tau_root(root: Path) -> Path:
+    (root / "audio").mkdir(parents=True)
+    (root / "evaluation_setup").mkdir()
+    (root / "meta.csv").write_text("filename\tscene_label\tidentifier\tsource_label\n")
+    for fold in ("train", "evaluate"):
+        (root / "evaluation_setup" / f"fold1_{fold}.csv").write_text("filename\tscene_label\n")
+    (root / "evaluation_setup" / "fold1_test.csv").write_text("filename\n")
+    return root
+
+
+def test_paper_config_plans_144_training_jobs_without_data(tmp_path):
+    root = empty_tau_root(tmp_path / "tau")
+    override = write_override(tmp_path / "root.yaml", {"data": {"root": str(root)}})
+    proc = snakemake(tmp_path, "-n", "--quiet", "rules", configfiles=[override])
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts["train"] == 3 * 8 * 2 * 3 == 144
+    assert counts["prepare"] == 1
+    assert counts["mean_spectra"] == 1
+    assert counts["coefficients"] == 3
+    assert counts["feature_stats"] == 3
+    assert counts["features"] == 3 * 2
+    for rule in ("tables", "fig3", "fig2", "coefficient_plot", "all"):
+        assert counts[rule] == 1, rule
+    assert "synthesize" not in counts  # the paper config reads a real copy
+    assert counts["total"] == 144 + 1 + 1 + 3 + 3 + 6 + 1 + 1 + 1 + 1 + 1
+
+
+def test_trimmed_grid_plans_only_its_runs(tmp_path):
+    root = empty_tau_root(tmp_path / "tau")
+    override = write_override(
+        tmp_path / "trim.yaml",
+        {"data": {"root": str(root)}, "sweep": {"correction": ["ref_abc"], "temperature": [1, 10], "loss": ["focal"], "seed": [0, 1, 2]}},
+    )
+    counts = job_counts(snakemake(tmp_path, "-n", "--quiet", "rules", configfiles=[override]).stdout)
+    assert counts["train"] == 6
+    assert counts["features"] == 2
+
+
+def test_bad_config_value_is_rejected_naming_the_key(tmp_path):
+    override = write_override(tmp_path / "bad.yaml", {"train": {"selection": "best"}})
+    proc = snakemake(tmp_path, "-n", configfiles=[override], check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "selection" in out and "best" in out
+
+
+TINY = {
+    "data": {"duration_s": 0.5},
+    "synth": {
+        "enabled": True, "seed": 3, "clip_seconds": 0.5,
+        "train_parallel_per_scene": 2, "train_a_only_per_scene": 2,
+        "evaluate_parallel_per_scene": 1, "evaluate_a_only_per_scene": 1,
+    },
+    "features": {"n_mels": 32, "batch_size": 16},
+    "train": {"epochs": 1, "batch_size": 16},
+    "sweep": {"correction": ["ref_abc", "ref_bc", "none"], "temperature": [1], "loss": ["focal", "ce"], "seed": [0]},
+    "report": {"fig2_temperatures": [1]},
+    "resources": {
+        "train": {"cpus_per_task": 1}, "features": {"cpus_per_task": 1}, "default": {"cpus_per_task": 1},
+    },
+}
+
+
+@pytest.mark.workflow
+def test_tiny_end_to_end_run_produces_every_contract_file(tmp_path):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"]["root"] = str(tmp_path / "data" / "synthetic")
+    override = write_override(tmp_path / "tiny.yaml", cfg)
+    snakemake(tmp_path, "--cores", "2", configfiles=[override])
+
+    results = tmp_path / "results"
+    for c in ("ref_abc", "ref_bc", "none"):
+        for loss in ("focal", "ce"):
+            run = results / "runs" / c / "T1" / loss / "seed0"
+            for name in ("metrics.json", "history.csv", "model.pt", "embeddings.npz", "predictions.npz", "provenance.json"):
+                assert (run / name).stat().st_size > 0, run / name
+            m = json.loads((run / "metrics.json").read_text())
+            for key in ("acc_a", "acc_b", "acc_c", "avg_bc"):
+                assert 0.0 <= m[key] <= 1.0, (key, m[key])
+            assert m["avg_bc"] == pytest.approx((m["acc_b"] + m["acc_c"]) / 2)
+            assert m["params_keras"] - m["params_trainable"] == 2 * sum([16, 32, 32, 64, 64])
+            assert m["selection"] == "test" and m["best_epoch"] == 1
+            prov = json.loads((run / "provenance.json").read_text())
+            assert prov["wildcards"] == {"correction": c, "temperature": "1", "loss": loss, "seed": "0"}
+            assert all(len(h) == 64 for d in prov["inputs"].values() for h in d.values())
+
+    for name in ("tables/table2.csv", "tables/table2.md", "tables/table3.csv", "tables/table3.md",
+                 "figures/fig3.png", "figures/fig3.csv", "figures/fig2.png", "metrics.json",
+                 "figures/coefficients.png"):
+        assert (results / name).stat().st_size > 0, name
+    table2 = pd.read_csv(results / "tables" / "table2.csv")
+    assert len(table2) == 3
+    manifest = pd.read_csv(results / "prepared" / "manifest.csv")
+    assert len(manifest) == 10 * (2 * 3 + 2) + 10 * (1 * 3 + 1)
+    assert json.loads((results / "metrics.json").read_text())  # dvc metrics summary is valid JSON
+
+    # A second invocation has nothing left to do.
+    again = snakemake(tmp_path, "--cores", "2", "-n", configfiles=[override])
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.workflow
+def test_bad_meta_row_stops_at_prepare_and_leaves_nothing(tmp_path):
+    cfg = json.loads(json.dumps(TINY))
+    root = tmp_path / "data" / "synthetic"
+    cfg["data"]["root"] = str(root)
+    override = write_override(tmp_path / "tiny.yaml", cfg)
+    snakemake(tmp_path, "--cores", "1", "synthetic_data", configfiles=[override])
+    meta = root / "meta.csv"
+    lines = meta.read_text().splitlines()
+    victim = lines[5].split("\t")[0]
+    (root / victim).unlink()
+    proc = snakemake(tmp_path, "--cores", "1", configfiles=[override], check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "Error in rule prepare" in out
+    assert victim in out
+    assert not (tmp_path / "results" / "prepared").exists() or not any((tmp_path / "results" / "prepared").iterdir())
+    assert not (tmp_path / "results" / "runs").exists()

@@ -1,0 +1,119 @@
+# Helpers shared by every rule: the one place where output paths, wildcard formats and
+# per-rule resources are defined.
+
+import os
+
+SRC = os.path.join(workflow.basedir, "src", "heatedasc")
+DATA_ROOT = config["data"]["root"]
+SWEEP = config["sweep"]
+
+# Every path of the workflow, built from wildcards here and nowhere else.
+PATHS = {
+    "meta": os.path.join(DATA_ROOT, "meta.csv"),
+    "fold": os.path.join(DATA_ROOT, "evaluation_setup", "fold1_{fold}.csv"),
+    "raw_audio": os.path.join(DATA_ROOT, "audio"),
+    "prepared_audio": "results/prepared/audio",
+    "manifest": "results/prepared/manifest.csv",
+    "prepare_summary": "results/prepared/summary.csv",
+    "prepare_report": "results/prepared/report.json",
+    "mean_spectra": "results/coefficients/mean_spectra.npz",
+    "coefficients": "results/coefficients/{correction}.npz",
+    "coefficient_plot": "results/figures/coefficients.png",
+    "stats": "results/features/{correction}/stats.npz",
+    "cache": "results/features/{correction}/{split}.npy",
+    "cache_index": "results/features/{correction}/{split}.csv",
+    "run": "results/runs/{correction}/T{temperature}/{loss}/seed{seed}",
+    "table2": "results/tables/table2.csv",
+    "table2_md": "results/tables/table2.md",
+    "table3": "results/tables/table3.csv",
+    "table3_md": "results/tables/table3.md",
+    "fig3": "results/figures/fig3.png",
+    "fig3_pdf": "results/figures/fig3.pdf",
+    "fig3_csv": "results/figures/fig3.csv",
+    "fig2": "results/figures/fig2.png",
+    "summary": "results/metrics.json",
+}
+RUN_FILES = ("metrics.json", "history.csv", "model.pt", "embeddings.npz", "predictions.npz", "provenance.json")
+
+
+def path(key, **wildcards):
+    """The path pattern of `key` with the given wildcards filled in (the others stay wildcards)."""
+    pattern = PATHS[key]
+    for name, value in wildcards.items():
+        pattern = pattern.replace("{" + name + "}", str(value))
+    return pattern
+
+
+def run_file(name, **wildcards):
+    return os.path.join(path("run", **wildcards), name)
+
+
+def log_path(rule_name, pattern=""):
+    return os.path.join("logs", rule_name, (pattern or rule_name) + ".log")
+
+
+def benchmark_path(rule_name, pattern=""):
+    return os.path.join("logs", "benchmarks", rule_name, (pattern or rule_name) + ".tsv")
+
+
+def src_files(*modules):
+    """Library modules a rule's results depend on (so an edit reruns it)."""
+    return [os.path.join(SRC, m + ".py") for m in modules]
+
+
+def format_temperature(t):
+    """1.0 -> '1', 2.5 -> '2.5': the T{temperature} path component."""
+    t = float(t)
+    return str(int(t)) if t.is_integer() else repr(t)
+
+
+TEMPERATURES = [format_temperature(t) for t in SWEEP["temperature"]]
+SPLITS = ["train", "evaluate"]
+
+
+def sweep_runs(correction=None, temperature=None, loss=None, seed=None):
+    """Every (correction, T, loss, seed) of the configured grid, optionally filtered."""
+    runs = []
+    for c in SWEEP["correction"]:
+        for t in TEMPERATURES:
+            for l in SWEEP["loss"]:
+                for s in SWEEP["seed"]:
+                    if correction not in (None, c) or temperature not in (None, t):
+                        continue
+                    if loss not in (None, l) or seed not in (None, s):
+                        continue
+                    runs.append(dict(correction=c, temperature=t, loss=l, seed=s))
+    return runs
+
+
+def all_run_files(name):
+    return [run_file(name, **r) for r in sweep_runs()]
+
+
+def rule_resources(stage):
+    """Cluster resources of a stage from params.yaml `resources:` (default for stages not listed)."""
+    res = dict(config["resources"].get("default", {}))
+    res.update(config["resources"].get(stage, {}))
+    return res
+
+
+def report_outputs():
+    return [
+        path("table2"),
+        path("table2_md"),
+        path("table3"),
+        path("table3_md"),
+        path("fig3"),
+        path("fig3_csv"),
+        path("fig2"),
+        path("summary"),
+        path("coefficient_plot"),
+    ]
+
+
+wildcard_constraints:
+    correction="|".join(config["correction"]["references"]),
+    split="train|evaluate",
+    temperature=r"[0-9]+(\.[0-9]+)?",
+    loss="focal|ce",
+    seed=r"[0-9]+",

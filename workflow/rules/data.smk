@@ -1,0 +1,54 @@
+# Stage 0 (synthetic data only) and stage 1: the TAU-layout data root -> resampled, downmixed,
+# length-fixed audio and a validated manifest.
+
+if config["synth"]["enabled"]:
+
+    rule synthesize:
+        output:
+            meta=path("meta"),
+            folds=expand(path("fold"), fold=["train", "evaluate", "test"]),
+            audio=directory(path("raw_audio")),
+        params:
+            synth={k: v for k, v in config["synth"].items() if k != "enabled"},
+        log:
+            log_path("synthesize"),
+        benchmark:
+            benchmark_path("synthesize")
+        input:
+            src_files("synth"),
+        resources:
+            **rule_resources("synthesize"),
+        script:
+            "../scripts/synthesize.py"
+
+
+def raw_input(p):
+    # Real raw data is versioned by DVC (content hashes); a checkout's fresh mtime must not rerun the DAG.
+    return p if config["synth"]["enabled"] else ancient(p)
+
+
+rule prepare:
+    input:
+        meta=raw_input(path("meta")),
+        folds=[raw_input(p) for p in expand(path("fold"), fold=["train", "evaluate", "test"])],
+        audio=raw_input(path("raw_audio")),
+        code=src_files("tau", "audio", "prepare"),
+    output:
+        audio=directory(path("prepared_audio")),
+        manifest=path("manifest"),
+        summary=path("prepare_summary"),
+        report=path("prepare_report"),
+    params:
+        root=DATA_ROOT,
+        sample_rate=config["data"]["sample_rate"],
+        duration_s=config["data"]["duration_s"],
+        length_tolerance=config["data"]["length_tolerance"],
+        devices=config["data"]["devices"],
+    log:
+        log_path("prepare"),
+    benchmark:
+        benchmark_path("prepare")
+    resources:
+        **rule_resources("prepare"),
+    script:
+        "../scripts/prepare.py"

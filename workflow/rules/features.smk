@@ -1,0 +1,57 @@
+# Stage 3: log-mel features (SPEC §3) with the correction folded into per-device filterbanks,
+# standardised with float64 training statistics, cached as float16 per (correction, split).
+
+FEATURE_PARAMS = {
+    k: config["features"][k]
+    for k in ("n_fft", "hop_length", "n_mels", "f_min", "f_max", "log_offset", "remove_dc")
+}
+
+
+rule feature_stats:
+    input:
+        manifest=path("manifest"),
+        audio=path("prepared_audio"),
+        coefficients=path("coefficients"),
+        code=src_files("features", "correction"),
+    output:
+        path("stats"),
+    params:
+        extractor=FEATURE_PARAMS,
+        sample_rate=config["data"]["sample_rate"],
+        devices=config["data"]["devices"],
+        batch_size=config["features"]["batch_size"],
+    threads: rule_resources("features")["cpus_per_task"]
+    log:
+        log_path("feature_stats", "{correction}"),
+    benchmark:
+        benchmark_path("feature_stats", "{correction}")
+    resources:
+        **rule_resources("features"),
+    script:
+        "../scripts/feature_stats.py"
+
+
+rule features:
+    input:
+        manifest=path("manifest"),
+        audio=path("prepared_audio"),
+        coefficients=path("coefficients"),
+        stats=path("stats"),
+        code=src_files("features", "correction"),
+    output:
+        cache=path("cache"),
+        index=path("cache_index"),
+    params:
+        extractor=FEATURE_PARAMS,
+        sample_rate=config["data"]["sample_rate"],
+        devices=config["data"]["devices"],
+        batch_size=config["features"]["batch_size"],
+    threads: rule_resources("features")["cpus_per_task"]
+    log:
+        log_path("features", "{correction}-{split}"),
+    benchmark:
+        benchmark_path("features", "{correction}-{split}")
+    resources:
+        **rule_resources("features"),
+    script:
+        "../scripts/features.py"

@@ -1,0 +1,27 @@
+# Stage 4: one training run per (correction, T, loss, seed) — the only GPU rule.
+
+
+rule train:
+    input:
+        train=path("cache", split="train"),
+        train_index=path("cache_index", split="train"),
+        evaluate=path("cache", split="evaluate"),
+        evaluate_index=path("cache_index", split="evaluate"),
+        stats=path("stats"),
+        coefficients=path("coefficients"),
+        code=src_files("train", "model", "losses"),
+    output:
+        **{name.split(".")[0]: run_file(name) for name in RUN_FILES},
+    params:
+        model=config["model"],
+        loss=config["loss"],
+        train=config["train"],
+    threads: rule_resources("train")["cpus_per_task"]
+    log:
+        log_path("train", "{correction}/T{temperature}/{loss}/seed{seed}"),
+    benchmark:
+        benchmark_path("train", "{correction}/T{temperature}/{loss}/seed{seed}")
+    resources:
+        **rule_resources("train"),
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,7 @@
+"""Snakemake adapter: the correction curves in dB per device and reference."""
+
+from heatedasc.correction import plot_coefficients
+from heatedasc.logutil import job_logging
+
+with job_logging(snakemake.log[0], "heatedasc.coefficient_plot"):
+    plot_coefficients(list(snakemake.input), snakemake.output[0])

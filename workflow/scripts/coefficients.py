@@ -1,0 +1,20 @@
+"""Snakemake adapter: spectrum-correction coefficients c_d(f) for one correction."""
+
+from heatedasc.correction import estimate_coefficients, load_mean_spectra, save_coefficients
+from heatedasc.logutil import job_logging
+
+with job_logging(snakemake.log[0], "heatedasc.coefficients") as log:
+    p = snakemake.params
+    spectra = load_mean_spectra(snakemake.input.spectra)
+    coefficients = estimate_coefficients(
+        spectra, reference_devices=list(p.reference_devices), estimator=p.estimator, devices=p.devices
+    )
+    save_coefficients(
+        snakemake.output[0],
+        coefficients,
+        correction=snakemake.wildcards.correction,
+        reference_devices=list(p.reference_devices),
+        estimator=p.estimator,
+        files=list(spectra["filenames"]),
+    )
+    log.info("%s: coefficients for devices %s", snakemake.wildcards.correction, sorted(coefficients))

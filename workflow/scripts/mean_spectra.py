@@ -1,0 +1,24 @@
+"""Snakemake adapter: per-file mean magnitude spectra of the training triplets."""
+
+import pandas as pd
+import torch
+
+from heatedasc.correction import compute_mean_spectra, save_mean_spectra
+from heatedasc.logutil import job_logging
+
+with job_logging(snakemake.log[0], "heatedasc.mean_spectra") as log:
+    torch.set_num_threads(snakemake.threads)
+    p = snakemake.params
+    manifest = pd.read_csv(snakemake.input.manifest, dtype={"location": str, "segment": str})
+    spectra = compute_mean_spectra(
+        manifest,
+        snakemake.input.audio,
+        n_fft=p.n_fft,
+        hop_length=p.hop_length,
+        remove_dc=p.remove_dc,
+        devices=p.devices,
+        batch_size=p.batch_size,
+        progress=True,
+    )
+    save_mean_spectra(snakemake.output[0], spectra)
+    log.info("mean spectra of %d triplet files", len(spectra["filenames"]))

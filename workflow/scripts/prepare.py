@@ -1,0 +1,20 @@
+"""Snakemake adapter: validate the TAU layout, resample/downmix/fix length, write the manifest."""
+
+from heatedasc.logutil import job_logging
+from heatedasc.prepare import prepare_dataset
+
+with job_logging(snakemake.log[0], "heatedasc.prepare") as log:
+    p = snakemake.params
+    manifest = prepare_dataset(
+        p.root,
+        snakemake.output.audio,
+        snakemake.output.manifest,
+        snakemake.output.summary,
+        snakemake.output.report,
+        sample_rate=p.sample_rate,
+        duration_s=p.duration_s,
+        length_tolerance=p.length_tolerance,
+        devices=p.devices,
+        progress=True,
+    )
+    log.info("prepared %d files from %s", len(manifest), p.root)

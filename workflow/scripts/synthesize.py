@@ -1,0 +1,11 @@
+"""Snakemake adapter: write the synthetic TAU-layout dataset."""
+
+from pathlib import Path
+
+from heatedasc.logutil import job_logging
+from heatedasc.synth import generate_dataset
+
+with job_logging(snakemake.log[0], "heatedasc.synthesize") as log:
+    root = Path(snakemake.output.meta).parent
+    summary = generate_dataset(root, **snakemake.params.synth, progress=True)
+    log.info("synthetic dataset at %s: %s", root, summary)

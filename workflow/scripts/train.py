@@ -1,0 +1,41 @@
+"""Snakemake adapter: one training run (correction, T, loss, seed) and its provenance record."""
+
+from pathlib import Path
+
+from heatedasc import provenance
+from heatedasc.fileio import write_json
+from heatedasc.logutil import job_logging
+from heatedasc.train import run_training
+
+with job_logging(snakemake.log[0], "heatedasc.train") as log:
+    wc = snakemake.wildcards
+    out_dir = Path(snakemake.output.metrics).parent
+    metrics = run_training(
+        train_npy=snakemake.input.train,
+        train_index=snakemake.input.train_index,
+        eval_npy=snakemake.input.evaluate,
+        eval_index=snakemake.input.evaluate_index,
+        out_dir=out_dir,
+        correction=wc.correction,
+        temperature=float(wc.temperature),
+        loss=wc.loss,
+        seed=int(wc.seed),
+        model_cfg=dict(snakemake.params.model),
+        loss_cfg=dict(snakemake.params.loss),
+        train_cfg=dict(snakemake.params.train),
+        threads=snakemake.threads,
+        progress=True,
+    )
+    record = provenance.collect(
+        stage="train",
+        inputs={k: v for k, v in snakemake.input.items() if k != "code"},
+        outputs={k: v for k, v in snakemake.output.items() if k != "provenance"},
+        params={"model": dict(snakemake.params.model), "loss": dict(snakemake.params.loss),
+                "train": dict(snakemake.params.train)},
+        wildcards=dict(wc.items()),
+        config=dict(snakemake.config),
+    )
+    write_json(snakemake.output.provenance, record)
+    log.info("%s T=%s %s seed %s: acc A %.3f, avg BC %.3f (best epoch %s, selection=%s)",
+             wc.correction, wc.temperature, wc.loss, wc.seed, metrics["acc_a"], metrics["avg_bc"],
+             metrics["best_epoch"], metrics["selection"])
