@@ -25,6 +25,8 @@ demo: setup
 	@echo "Tables: results/tables/table2.md results/tables/table3.md; figures: results/figures/"
 
 test: setup
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tools/local-slurm.sh install; \
+	 else echo "make test: not root, SLURM is not installed here; the SLURM test will skip"; fi
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 clean-results:

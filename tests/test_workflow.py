@@ -165,3 +165,54 @@ def test_bad_meta_row_stops_at_prepare_and_leaves_nothing(tmp_path):
     assert victim in out
     assert not (tmp_path / "results" / "prepared").exists() or not any((tmp_path / "results" / "prepared").iterdir())
     assert not (tmp_path / "results" / "runs").exists()
+
+
+@pytest.mark.workflow
+def test_lineage_audit_reports_exactly_what_went_stale(tmp_path):
+    from heatedasc import lineage
+
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"]["root"] = str(tmp_path / "data" / "synthetic")
+    cfg["sweep"] = {"correction": ["ref_abc", "none"], "temperature": [1], "loss": ["focal"], "seed": [0]}
+    override = write_override(tmp_path / "tiny.yaml", cfg)
+    snakemake(tmp_path, "--cores", "2", configfiles=[override])
+    configs = [str(REPO / "params.yaml"), str(override)]
+
+    def audit(target, config_files=configs):
+        return lineage.audit(tmp_path / target, results_dir=tmp_path / "results", base=tmp_path,
+                             config=lineage.load_config(config_files))
+
+    root = audit("results/tables/table3.csv")
+    assert not root.stale and lineage.stale_records(root) == []
+    tree = lineage.to_dict(root)
+    stages = sorted(j["stage"] for j in tree["jobs"])
+    assert stages == sorted(["tables", "train", "train", "features", "features", "features", "features",
+                             "feature_stats", "feature_stats", "coefficients", "coefficients", "mean_spectra", "prepare"])
+    prepare = next(j for j in tree["jobs"] if j["stage"] == "prepare")
+    raw = [l for l in prepare["links"] if l["key"] == "audio" and l["role"] == "input"]
+    assert raw and all(len(l["sha256"]) == 64 for l in raw)
+    assert prepare["code"]["package_sha256"] and prepare["packages"]["torch"] == "2.11.0"
+    text = lineage.render(root)
+    assert "[ok] tables" in text and "prepare" in text
+
+    # One param changed: exactly the training jobs (and what reads them) go stale.
+    changed = json.loads(json.dumps(cfg))
+    changed["train"]["epochs"] = 2
+    root = audit("results/tables/table3.csv", [str(REPO / "params.yaml"), str(write_override(tmp_path / "c.yaml", changed))])
+    stale = lineage.stale_records(root)
+    assert sorted(Path(s).parts[-5] for s in stale) == ["none", "ref_abc"]  # runs/<c>/T1/focal/seed0/provenance.json
+    assert all(s.endswith("seed0/provenance.json") for s in stale)
+    assert root.stale
+
+    # One raw wav changed: the prepare job's input changed, so everything downstream is stale.
+    wav = sorted((tmp_path / "data" / "synthetic" / "audio").glob("*.wav"))[0]
+    data = bytearray(wav.read_bytes())
+    data[-1] ^= 0xFF
+    wav.write_bytes(bytes(data))
+    root = audit("results/runs/none/T1/focal/seed0/metrics.json")
+    stale = lineage.stale_records(root)
+    assert [Path(s).name for s in stale] == ["provenance.json"] and "prepared" in stale[0]
+    assert root.stale
+    out = subprocess.run([sys.executable, "-m", "heatedasc.cli", "lineage", "results/tables/table2.csv"],
+                         cwd=tmp_path, capture_output=True, text=True, env=venv_env())
+    assert out.returncode == 1 and "STALE" in out.stdout and "changed" in out.stdout

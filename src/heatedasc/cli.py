@@ -9,12 +9,21 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="heatedasc", description=__doc__)
-    parser.add_argument("command", choices=["synth"], help="synth: write a synthetic TAU-layout dataset")
-    args, rest = parser.parse_known_args(argv)
+    parser.add_argument(
+        "command",
+        choices=["synth", "lineage"],
+        help="synth: write a synthetic TAU-layout dataset; lineage: audit where a result came from",
+    )
+    args, rest = parser.parse_known_args(argv[:1])
+    rest = argv[1:]
     if args.command == "synth":
         from heatedasc.synth import main as synth_main
 
         return synth_main(rest) or 0
+    if args.command == "lineage":
+        from heatedasc.lineage import main as lineage_main
+
+        return lineage_main(rest)
     return 2
 
 

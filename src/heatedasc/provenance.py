@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import importlib.metadata
 import os
 import platform
 import socket
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -16,12 +18,52 @@ PACKAGES = ("torch", "torchaudio", "numpy", "pandas", "soundfile", "snakemake", 
 _CHUNK = 1 << 22
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike, *, use_cache: bool = True) -> str:
+    """Content hash of a file. Memoised on disk by (path, size, mtime, inode): many jobs hash the
+    same multi-GB inputs (audio folders, feature caches), and a changed file changes its key."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    cache = _hash_cache() if use_cache else None
+    if cache is not None:
+        row = cache.execute(
+            "SELECT digest FROM hashes WHERE path=? AND size=? AND mtime_ns=? AND inode=?", key
+        ).fetchone()
+        if row:
+            return row[0]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if cache is not None:
+        with contextlib.suppress(sqlite3.Error):
+            cache.execute("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?)", (*key, digest))
+            cache.commit()
+    return digest
+
+
+_CACHE: list = []
+
+
+def _hash_cache():
+    """The on-disk hash memo ($HEATEDASC_HASH_CACHE, default ~/.cache/heatedasc/hashes.sqlite); None if unusable."""
+    if _CACHE:
+        return _CACHE[0]
+    location = os.environ.get("HEATEDASC_HASH_CACHE", str(Path.home() / ".cache" / "heatedasc" / "hashes.sqlite"))
+    conn = None
+    if location.lower() not in ("", "off", "none", "0"):
+        try:
+            Path(location).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(location, timeout=60)
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS hashes (path TEXT, size INTEGER, mtime_ns INTEGER, inode INTEGER,"
+                " digest TEXT, PRIMARY KEY (path, size, mtime_ns, inode))"
+            )
+            conn.commit()
+        except (OSError, sqlite3.Error):
+            conn = None
+    _CACHE.append(conn)
+    return conn
 
 
 def sha256_tree(path: str | os.PathLike) -> str:
@@ -131,3 +173,26 @@ def collect(
         "host": host_info(),
         "slurm": slurm_info(),
     }
+
+
+def record_job(smk, stage: str, provenance_key: str = "provenance") -> dict:
+    """Write the provenance record of a Snakemake job to its `provenance` output and return it.
+
+    Inputs (including the library modules listed as `code`) and all other outputs are hashed by
+    content, so `heatedasc lineage` can later tell which links still match what is on disk.
+    """
+    from heatedasc.fileio import write_json
+
+    outputs = {k: v for k, v in smk.output.items() if k != provenance_key}
+    if not outputs and len(smk.output) > 1:
+        outputs = {"output": [p for p in smk.output if p != smk.output.get(provenance_key)]}
+    record = collect(
+        stage=stage,
+        inputs=dict(smk.input.items()) or {"input": list(smk.input)},
+        outputs=outputs,
+        params={k: v for k, v in smk.params.items()},
+        wildcards=dict(smk.wildcards.items()),
+        config=dict(smk.config),
+    )
+    write_json(smk.output[provenance_key], record)
+    return record

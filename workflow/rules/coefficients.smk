@@ -8,7 +8,8 @@ rule mean_spectra:
         audio=path("prepared_audio"),
         code=src_files("correction", "features"),
     output:
-        path("mean_spectra"),
+        out=path("mean_spectra"),
+        provenance=path("mean_spectra_prov"),
     params:
         n_fft=config["features"]["n_fft"],
         hop_length=config["features"]["hop_length"],
@@ -31,7 +32,8 @@ rule coefficients:
         spectra=path("mean_spectra"),
         code=src_files("correction"),
     output:
-        path("coefficients"),
+        out=path("coefficients"),
+        provenance=path("coefficients_prov"),
     params:
         reference_devices=lambda wc: config["correction"]["references"][wc.correction],
         estimator=config["correction"]["estimator"],
@@ -50,7 +52,8 @@ rule coefficient_plot:
     input:
         expand(path("coefficients"), correction=SWEEP["correction"]),
     output:
-        path("coefficient_plot"),
+        out=path("coefficient_plot"),
+        provenance=path("coefficient_plot_prov"),
     params:
         sample_rate=config["data"]["sample_rate"],
         n_fft=config["features"]["n_fft"],

@@ -32,6 +32,16 @@ PATHS = {
     "fig3_csv": "results/figures/fig3.csv",
     "fig2": "results/figures/fig2.png",
     "summary": "results/metrics.json",
+    # One provenance record per job (heatedasc.provenance.record_job), read by `heatedasc lineage`.
+    "prepare_prov": "results/prepared/provenance.json",
+    "mean_spectra_prov": "results/coefficients/mean_spectra.provenance.json",
+    "coefficients_prov": "results/coefficients/{correction}.provenance.json",
+    "stats_prov": "results/features/{correction}/stats.provenance.json",
+    "cache_prov": "results/features/{correction}/{split}.provenance.json",
+    "tables_prov": "results/tables/provenance.json",
+    "fig3_prov": "results/figures/fig3.provenance.json",
+    "fig2_prov": "results/figures/fig2.provenance.json",
+    "coefficient_plot_prov": "results/figures/coefficients.provenance.json",
 }
 RUN_FILES = ("metrics.json", "history.csv", "model.pt", "embeddings.npz", "predictions.npz", "provenance.json")
 

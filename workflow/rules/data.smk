@@ -38,6 +38,7 @@ rule prepare:
         manifest=path("manifest"),
         summary=path("prepare_summary"),
         report=path("prepare_report"),
+        provenance=path("prepare_prov"),
     params:
         root=DATA_ROOT,
         sample_rate=config["data"]["sample_rate"],

@@ -14,7 +14,8 @@ rule feature_stats:
         coefficients=path("coefficients"),
         code=src_files("features", "correction"),
     output:
-        path("stats"),
+        out=path("stats"),
+        provenance=path("stats_prov"),
     params:
         extractor=FEATURE_PARAMS,
         sample_rate=config["data"]["sample_rate"],
@@ -41,6 +42,7 @@ rule features:
     output:
         cache=path("cache"),
         index=path("cache_index"),
+        provenance=path("cache_prov"),
     params:
         extractor=FEATURE_PARAMS,
         sample_rate=config["data"]["sample_rate"],

@@ -28,6 +28,7 @@ rule tables:
         table3=path("table3"),
         table3_md=path("table3_md"),
         summary=path("summary"),
+        provenance=path("tables_prov"),
     params:
         report=REPORT_CFG,
         paper=config["paper"],
@@ -49,6 +50,7 @@ rule fig3:
         png=path("fig3"),
         pdf=path("fig3_pdf"),
         csv=path("fig3_csv"),
+        provenance=path("fig3_prov"),
     params:
         report=REPORT_CFG,
         paper=config["paper"],
@@ -67,7 +69,8 @@ rule fig2:
         unpack(lambda wc: {f"T{t}": p for t, p in fig2_embeddings().items()}),
         code=src_files("report"),
     output:
-        path("fig2"),
+        out=path("fig2"),
+        provenance=path("fig2_prov"),
     params:
         temperatures=[format_temperature(t) for t in REPORT_CFG["fig2_temperatures"]],
     log:

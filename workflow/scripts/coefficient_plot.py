@@ -2,6 +2,8 @@
 
 from heatedasc.correction import plot_coefficients
 from heatedasc.logutil import job_logging
+from heatedasc.provenance import record_job
 
 with job_logging(snakemake.log[0], "heatedasc.coefficient_plot"):
-    plot_coefficients(list(snakemake.input), snakemake.output[0])
+    plot_coefficients(list(snakemake.input), snakemake.output.out)
+    record_job(snakemake, "coefficient_plot")

@@ -2,6 +2,7 @@
 
 from heatedasc.correction import estimate_coefficients, load_mean_spectra, save_coefficients
 from heatedasc.logutil import job_logging
+from heatedasc.provenance import record_job
 
 with job_logging(snakemake.log[0], "heatedasc.coefficients") as log:
     p = snakemake.params
@@ -10,11 +11,12 @@ with job_logging(snakemake.log[0], "heatedasc.coefficients") as log:
         spectra, reference_devices=list(p.reference_devices), estimator=p.estimator, devices=p.devices
     )
     save_coefficients(
-        snakemake.output[0],
+        snakemake.output.out,
         coefficients,
         correction=snakemake.wildcards.correction,
         reference_devices=list(p.reference_devices),
         estimator=p.estimator,
         files=list(spectra["filenames"]),
     )
+    record_job(snakemake, "coefficients")
     log.info("%s: coefficients for devices %s", snakemake.wildcards.correction, sorted(coefficients))

@@ -6,6 +6,7 @@ import torch
 from heatedasc.correction import load_coefficients
 from heatedasc.features import LogMelExtractor, build_feature_cache, load_stats
 from heatedasc.logutil import job_logging
+from heatedasc.provenance import record_job
 
 with job_logging(snakemake.log[0], "heatedasc.features") as log:
     torch.set_num_threads(snakemake.threads)
@@ -24,4 +25,5 @@ with job_logging(snakemake.log[0], "heatedasc.features") as log:
         batch_size=p.batch_size,
         progress=True,
     )
+    record_job(snakemake, "features")
     log.info("%s/%s cache: %s", snakemake.wildcards.correction, snakemake.wildcards.split, info)

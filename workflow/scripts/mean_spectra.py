@@ -5,6 +5,7 @@ import torch
 
 from heatedasc.correction import compute_mean_spectra, save_mean_spectra
 from heatedasc.logutil import job_logging
+from heatedasc.provenance import record_job
 
 with job_logging(snakemake.log[0], "heatedasc.mean_spectra") as log:
     torch.set_num_threads(snakemake.threads)
@@ -20,5 +21,6 @@ with job_logging(snakemake.log[0], "heatedasc.mean_spectra") as log:
         batch_size=p.batch_size,
         progress=True,
     )
-    save_mean_spectra(snakemake.output[0], spectra)
+    save_mean_spectra(snakemake.output.out, spectra)
+    record_job(snakemake, "mean_spectra")
     log.info("mean spectra of %d triplet files", len(spectra["filenames"]))

@@ -1,6 +1,7 @@
 """Snakemake adapter: validate the TAU layout, resample/downmix/fix length, write the manifest."""
 
 from heatedasc.logutil import job_logging
+from heatedasc.provenance import record_job
 from heatedasc.prepare import prepare_dataset
 
 with job_logging(snakemake.log[0], "heatedasc.prepare") as log:
@@ -18,3 +19,4 @@ with job_logging(snakemake.log[0], "heatedasc.prepare") as log:
         progress=True,
     )
     log.info("prepared %d files from %s", len(manifest), p.root)
+    record_job(snakemake, "prepare")

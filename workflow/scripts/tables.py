@@ -2,6 +2,7 @@
 
 from heatedasc.fileio import write_json
 from heatedasc.logutil import job_logging
+from heatedasc.provenance import record_job
 from heatedasc.report import load_runs, make_table2, make_table3, summary_metrics, write_table
 
 with job_logging(snakemake.log[0], "heatedasc.tables") as log:
@@ -14,4 +15,5 @@ with job_logging(snakemake.log[0], "heatedasc.tables") as log:
     )
     write_table(table3, out.table3, out.table3_md, title="Table 3: comparison on the test set (fold1_evaluate)")
     write_json(out.summary, summary_metrics(runs))
+    record_job(snakemake, "tables")
     log.info("tables from %d runs", len(runs))

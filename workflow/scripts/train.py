@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-from heatedasc import provenance
-from heatedasc.fileio import write_json
 from heatedasc.logutil import job_logging
+from heatedasc.provenance import record_job
 from heatedasc.train import run_training
 
 with job_logging(snakemake.log[0], "heatedasc.train") as log:
@@ -26,16 +25,7 @@ with job_logging(snakemake.log[0], "heatedasc.train") as log:
         threads=snakemake.threads,
         progress=True,
     )
-    record = provenance.collect(
-        stage="train",
-        inputs={k: v for k, v in snakemake.input.items() if k != "code"},
-        outputs={k: v for k, v in snakemake.output.items() if k != "provenance"},
-        params={"model": dict(snakemake.params.model), "loss": dict(snakemake.params.loss),
-                "train": dict(snakemake.params.train)},
-        wildcards=dict(wc.items()),
-        config=dict(snakemake.config),
-    )
-    write_json(snakemake.output.provenance, record)
+    record_job(snakemake, "train")
     log.info("%s T=%s %s seed %s: acc A %.3f, avg BC %.3f (best epoch %s, selection=%s)",
              wc.correction, wc.temperature, wc.loss, wc.seed, metrics["acc_a"], metrics["avg_bc"],
              metrics["best_epoch"], metrics["selection"])

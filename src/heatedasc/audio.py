@@ -1,0 +1,60 @@
+"""Audio I/O and the downmix / resample / fixed-length step of the prepare stage."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from heatedasc.fileio import atomic_path
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read a sound file as float32 ``[channels, samples]`` and its sample rate."""
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError for bad files
+        raise ValueError(f"{path}: cannot read audio ({exc})") from exc
+    return np.ascontiguousarray(data.T), int(sr)
+
+
+def to_mono_fixed(
+    wave: np.ndarray, sr: int, *, target_sr: int, n_samples: int
+) -> tuple[np.ndarray, list[str]]:
+    """Mean over channels, resample to ``target_sr``, zero-pad/trim to exactly ``n_samples``.
+
+    Returns the float32 signal and a list of the changes made (for the prepare report).
+    """
+    changes: list[str] = []
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim == 1:
+        wave = wave[None, :]
+    if wave.ndim != 2:
+        raise ValueError(f"expected [channels, samples] audio, got shape {wave.shape}")
+    if wave.shape[0] > 1:
+        changes.append(f"downmix {wave.shape[0]}ch")
+    mono = wave.mean(axis=0, dtype=np.float64).astype(np.float32)
+    if int(sr) != int(target_sr):
+        import torch
+        import torchaudio.functional as AF
+
+        mono = AF.resample(torch.from_numpy(mono), int(sr), int(target_sr)).numpy().astype(np.float32)
+        changes.append(f"resample {int(sr)}->{int(target_sr)}")
+    n = mono.shape[0]
+    if n < n_samples:
+        mono = np.concatenate([mono, np.zeros(n_samples - n, dtype=np.float32)])
+        changes.append(f"pad {n_samples - n} samples")
+    elif n > n_samples:
+        mono = mono[:n_samples]
+        changes.append(f"trim {n - n_samples} samples")
+    return np.ascontiguousarray(mono, dtype=np.float32), changes
+
+
+def write_wav(path: str | os.PathLike, wave: np.ndarray, sr: int, subtype: str = "PCM_24") -> None:
+    """Write ``wave`` ([samples] or [channels, samples]) as WAV, atomically."""
+    wave = np.asarray(wave)
+    data = wave.T if wave.ndim == 2 else wave
+    with atomic_path(Path(path)) as tmp:
+        sf.write(str(tmp), data, int(sr), subtype=subtype, format="WAV")

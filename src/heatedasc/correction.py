@@ -1,0 +1,244 @@
+"""Spectrum correction (SPEC §2): per-device coefficients c_d(f) = R(f) / S_d(f) from parallel recordings."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from heatedasc.fileio import atomic_path
+
+ESTIMATORS = ("ratio_of_means", "mean_of_ratios")
+PARALLEL_SPLIT = "train"  # coefficients are estimated from fold1_train only
+CPU_CHUNK_CLIPS = 2  # clips per STFT call: a performance knob only, results do not depend on it
+
+
+def parallel_training_groups(manifest: pd.DataFrame, devices: Sequence[str]) -> pd.DataFrame:
+    """Training rows whose group (the same moment) was recorded by every device in ``devices``.
+
+    Sorted by group, then by the order of ``devices``. DatasetError naming the device and the split
+    if a device ends up with no parallel files, or if a group holds one device twice.
+    """
+    from heatedasc.tau import DatasetError
+
+    devices = list(devices)
+    if not devices:
+        raise ValueError("parallel_training_groups needs at least one device")
+    train = manifest[manifest["split"] == PARALLEL_SPLIT]
+    train = train[train["device"].astype(str).isin(devices)]
+    duplicated = train[train.duplicated(["group", "device"], keep=False)]
+    if len(duplicated):
+        first = duplicated.iloc[0]
+        raise DatasetError(
+            f"group '{first['group']}' has more than one device-'{first['device']}' file in split "
+            f"'{PARALLEL_SPLIT}' ({', '.join(duplicated['filename'].astype(str).head(4))})"
+        )
+    per_group = train.groupby("group")["device"].nunique()
+    complete = set(per_group.index[per_group == len(devices)])
+    parallel = train[train["group"].isin(complete)].copy()
+    lacking = [d for d in devices if not (parallel["device"] == d).any()]
+    if lacking:
+        # If no group is complete every device lacks twins; blame the ones with no training files at all.
+        absent = [d for d in lacking if not (train["device"] == d).any()]
+        d = (absent or lacking)[0]
+        n_any = int((train["device"] == d).sum())
+        raise DatasetError(
+            f"device '{d}' has no parallel recordings (groups recorded by all of {devices}) in split "
+            f"'{PARALLEL_SPLIT}' ({n_any} device-'{d}' files in that split)"
+        )
+    order = {d: i for i, d in enumerate(devices)}
+    parallel["_order"] = parallel["device"].map(order)
+    return parallel.sort_values(["group", "_order"]).drop(columns="_order").reset_index(drop=True)
+
+
+def compute_mean_spectra(
+    manifest: pd.DataFrame,
+    audio_dir: str | os.PathLike,
+    *,
+    n_fft: int,
+    hop_length: int,
+    remove_dc: bool,
+    devices: Sequence[str],
+    batch_size: int,
+    progress: bool = True,
+) -> dict:
+    """m_i(f) = mean over frames of |X_i(f, t)| for every file of the training triplets (float64)."""
+    from heatedasc.features import audio_path, read_batch, stft_magnitude
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rows = parallel_training_groups(manifest, devices)
+    filenames = rows["filename"].astype(str).tolist()
+    spectra = np.empty((len(rows), n_fft // 2 + 1), dtype=np.float64)
+    length = None
+    with torch.inference_mode(), tqdm(total=len(rows), desc="mean spectra", unit="clip", disable=not progress) as bar:
+        for start in range(0, len(rows), batch_size):
+            stop = min(start + batch_size, len(rows))
+            waves, length = read_batch([audio_path(audio_dir, f) for f in filenames[start:stop]], length)
+            waves = torch.from_numpy(waves)
+            for i in range(0, len(waves), CPU_CHUNK_CLIPS):  # small chunks stay in cache
+                magnitude = stft_magnitude(
+                    waves[i : i + CPU_CHUNK_CLIPS], n_fft=n_fft, hop_length=hop_length, remove_dc=remove_dc
+                )  # [b, F, T]
+                spectra[start + i : start + i + len(magnitude)] = magnitude.mean(dim=2, dtype=torch.float64).numpy()
+            bar.update(stop - start)
+    return {
+        "filenames": np.asarray(filenames, dtype=str),
+        "devices": np.asarray(rows["device"].astype(str).tolist(), dtype=str),
+        "groups": np.asarray(rows["group"].astype(str).tolist(), dtype=str),
+        "spectra": spectra,
+    }
+
+
+def save_mean_spectra(path: str | os.PathLike, spectra: dict) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            filenames=np.asarray(spectra["filenames"], dtype=str),
+            devices=np.asarray(spectra["devices"], dtype=str),
+            groups=np.asarray(spectra["groups"], dtype=str),
+            spectra=np.asarray(spectra["spectra"], dtype=np.float64),
+        )
+
+
+def load_mean_spectra(path: str | os.PathLike) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        missing = {"filenames", "devices", "groups", "spectra"} - set(z.files)
+        if missing:
+            raise ValueError(f"{path}: missing keys {sorted(missing)}")
+        return {k: z[k] for k in ("filenames", "devices", "groups", "spectra")}
+
+
+def estimate_coefficients(
+    mean_spectra: dict, *, reference_devices: Sequence[str], estimator: str, devices: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """c_d(f) for every device in ``devices``; an empty reference set means no correction (ones).
+
+    ``ratio_of_means`` (paper): c_d = mean_{d' in ref} S_{d'} / S_d with S_d the mean of m_i over d's files.
+    ``mean_of_ratios`` (Kosmider's code): c_d = mean over triplets of R_i / m_i(d), R_i = mean over ref of m_i.
+    """
+    from heatedasc.tau import DatasetError
+
+    devices = list(devices)
+    reference_devices = list(reference_devices)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator '{estimator}' (choose from {list(ESTIMATORS)})")
+    for d in reference_devices:
+        if d not in devices:
+            raise ValueError(f"reference device '{d}' is not one of the devices {devices}")
+    spectra = np.asarray(mean_spectra["spectra"], dtype=np.float64)
+    file_devices = np.asarray(mean_spectra["devices"]).astype(str)
+    groups = np.asarray(mean_spectra["groups"]).astype(str)
+    n_freqs = spectra.shape[1]
+    if not reference_devices:
+        return {d: np.ones(n_freqs, dtype=np.float64) for d in devices}
+    for d in devices:
+        if not np.any(file_devices == d):
+            raise DatasetError(f"device '{d}' has no parallel files in split '{PARALLEL_SPLIT}' (mean spectra)")
+
+    if estimator == "ratio_of_means":
+        device_spectrum = {d: spectra[file_devices == d].mean(axis=0) for d in devices}
+        reference = np.mean([device_spectrum[d] for d in reference_devices], axis=0)
+        coefficients = {d: reference / device_spectrum[d] for d in devices}
+    else:
+        # Triplet table [G, D, F]: only groups that hold every device take part.
+        table = {}
+        for i, (g, d) in enumerate(zip(groups, file_devices)):
+            table.setdefault(g, {})[d] = i
+        complete = [g for g in sorted(table) if all(d in table[g] for d in devices)]
+        if not complete:
+            raise DatasetError(f"no group holds all devices {devices} in split '{PARALLEL_SPLIT}' (mean spectra)")
+        stacked = np.stack([[spectra[table[g][d]] for d in devices] for g in complete])  # [G, D, F]
+        ref_idx = [devices.index(d) for d in reference_devices]
+        reference = stacked[:, ref_idx].mean(axis=1)  # [G, F]
+        coefficients = {d: (reference / stacked[:, j]).mean(axis=0) for j, d in enumerate(devices)}
+    for d, c in coefficients.items():
+        if not np.all(np.isfinite(c)):
+            raise ValueError(f"coefficients for device '{d}' are not finite (a silent file or frequency bin?)")
+    return coefficients
+
+
+def save_coefficients(
+    path: str | os.PathLike,
+    coefficients: dict[str, np.ndarray],
+    *,
+    correction: str,
+    reference_devices: Sequence[str],
+    estimator: str,
+    files: Sequence[str],
+    sample_rate: int | None = None,
+    n_fft: int | None = None,
+) -> None:
+    """npz (no pickle): devices, coefficients [D, F], and the meta that produced them."""
+    devices = list(coefficients)
+    matrix = np.stack([np.asarray(coefficients[d], dtype=np.float64) for d in devices])
+    arrays = {
+        "devices": np.asarray(devices, dtype=str),
+        "coefficients": matrix,
+        "correction": np.asarray(str(correction)),
+        "reference_devices": np.asarray(list(reference_devices), dtype=str).reshape(-1),
+        "estimator": np.asarray(str(estimator)),
+        "files": np.asarray(list(files), dtype=str).reshape(-1),
+        # The full-band FFT size is implied by F; sample_rate is needed to label the frequency axis.
+        "sample_rate": np.int64(-1 if sample_rate is None else sample_rate),
+        "n_fft": np.int64(2 * (matrix.shape[1] - 1) if n_fft is None else n_fft),
+    }
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def load_coefficients(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """(coefficients by device, meta) from an npz written by ``save_coefficients``."""
+    with np.load(path, allow_pickle=False) as z:
+        missing = {"devices", "coefficients", "correction", "reference_devices", "estimator", "files"} - set(z.files)
+        if missing:
+            raise ValueError(f"{path}: missing keys {sorted(missing)}")
+        devices = [str(d) for d in z["devices"]]
+        matrix = z["coefficients"].astype(np.float64)
+        coefficients = {d: matrix[i].copy() for i, d in enumerate(devices)}
+        sample_rate = int(z["sample_rate"]) if "sample_rate" in z.files else -1
+        meta = {
+            "correction": str(z["correction"]),
+            "reference_devices": [str(d) for d in z["reference_devices"]],
+            "estimator": str(z["estimator"]),
+            "files": [str(f) for f in z["files"]],
+            "sample_rate": None if sample_rate < 0 else sample_rate,
+            "n_fft": int(z["n_fft"]) if "n_fft" in z.files else 2 * (matrix.shape[1] - 1),
+        }
+    return coefficients, meta
+
+
+def plot_coefficients(
+    paths: Sequence[str | os.PathLike], out_png: str | os.PathLike, *, default_sample_rate: int = 44100
+) -> None:
+    """20·log10 c_d(f) per device against frequency, one panel per correction file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = list(paths)
+    if not paths:
+        raise ValueError("plot_coefficients needs at least one coefficient file")
+    fig, axes = plt.subplots(1, len(paths), figsize=(4.5 * len(paths), 3.5), sharey=True, squeeze=False)
+    for ax, path in zip(axes[0], paths):
+        coefficients, meta = load_coefficients(path)
+        sample_rate = meta["sample_rate"] or default_sample_rate
+        for d, c in coefficients.items():
+            freqs = np.arange(len(c)) * sample_rate / meta["n_fft"]
+            ax.plot(freqs, 20 * np.log10(c), label=f"device {d}", linewidth=0.8)
+        refs = ",".join(meta["reference_devices"]) or "-"
+        ax.set_title(f"{meta['correction']} (ref {refs}, {meta['estimator']})", fontsize=9)
+        ax.set_xscale("symlog", linthresh=100)
+        ax.set_xlabel("frequency [Hz]")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("correction 20·log10 c_d [dB]")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,181 @@
+"""Prepare stage: validate a TAU-layout folder, convert train/evaluate audio to fixed-length mono.
+
+Outputs (all or nothing): a folder of 44.1 kHz mono wavs, a manifest CSV, a summary CSV and a
+report JSON. Audio is converted into a staging folder beside the target and moved at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+from tqdm import tqdm
+
+from heatedasc.audio import read_audio, to_mono_fixed, write_wav
+from heatedasc.fileio import atomic_path, write_json
+from heatedasc.tau import DEVICES, SPLITS, DatasetError, load_tau, summarize
+
+MANIFEST_OUTPUT_COLUMNS = (
+    "filename",
+    "scene_label",
+    "label",
+    "device",
+    "city",
+    "location",
+    "segment",
+    "identifier",
+    "group",
+    "split",
+    "source_label",
+    "raw_sha256",
+)
+
+
+def sha256_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _validate_headers(root: Path, filenames: Iterable[str], progress: bool) -> None:
+    """Open every file's header before anything is written, so a bad file fails fast."""
+    for name in tqdm(list(filenames), desc="check audio headers", disable=not progress):
+        path = root / name
+        try:
+            info = sf.info(str(path))
+        except Exception as exc:
+            raise DatasetError(f"{path}: unreadable audio file ({exc})") from exc
+        if info.frames <= 0 or info.channels <= 0:
+            raise DatasetError(f"{path}: audio file holds no samples")
+
+
+def _chmod_default(folder: Path) -> None:
+    """mkdtemp makes 0700 folders; give the final folder the usual umask-based mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """Move ``staging`` onto ``target``, replacing an existing folder."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rmdir(old)
+        os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_dataset(
+    root: str | os.PathLike,
+    audio_out_dir: str | os.PathLike,
+    manifest_out: str | os.PathLike,
+    summary_out: str | os.PathLike,
+    report_out: str | os.PathLike,
+    *,
+    sample_rate: int,
+    duration_s: float,
+    length_tolerance: int,
+    devices: Iterable[str] = DEVICES,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Validate ``root`` and write fixed-length mono audio + manifest/summary/report.
+
+    Only fold1 train/evaluate files are converted and listed. On any error no output remains.
+    """
+    root = Path(root)
+    audio_out_dir = Path(audio_out_dir)
+    devices = tuple(devices)
+    n_samples = int(round(float(duration_s) * int(sample_rate)))
+
+    table = load_tau(root, devices=devices)
+    n_unused = int((table["split"] == "unused").sum())
+    df = table[table["split"].isin(SPLITS)].reset_index(drop=True).copy()
+    if df.empty:
+        raise DatasetError(f"{root}: fold1_train.csv and fold1_evaluate.csv list no files")
+    _validate_headers(root, df["filename"], progress)
+
+    changed: dict[str, list[str]] = {k: [] for k in ("resampled", "downmixed", "padded", "trimmed", "off_length")}
+    raw_lengths: dict[str, dict] = {}
+    hashes: list[str] = []
+
+    audio_out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{audio_out_dir.name}.staging-", dir=audio_out_dir.parent))
+    _chmod_default(staging)
+    try:
+        with contextlib.ExitStack() as outputs:
+            for name in tqdm(df["filename"], desc="prepare audio", disable=not progress):
+                path = root / name
+                try:
+                    wave, sr = read_audio(path)
+                except ValueError as exc:
+                    raise DatasetError(str(exc)) from exc
+                if not np.all(np.isfinite(wave)):
+                    raise DatasetError(f"{path}: audio contains NaN or infinite samples")
+                if not np.any(wave):
+                    # log of zero energy would break the correction coefficients and features
+                    raise DatasetError(f"{path}: audio is silent (all samples are zero)")
+                mono, changes = to_mono_fixed(wave, sr, target_sr=sample_rate, n_samples=n_samples)
+                if not np.any(mono):
+                    raise DatasetError(f"{path}: audio is silent after conversion")
+                for change in changes:
+                    kind = change.split()[0]
+                    key = {"resample": "resampled", "downmix": "downmixed", "pad": "padded", "trim": "trimmed"}[kind]
+                    changed[key].append(name)
+                raw_len = wave.shape[1]
+                # compare at the target rate so the tolerance means the same at every input rate
+                raw_len_target = raw_len * int(sample_rate) / sr
+                if abs(raw_len_target - n_samples) > length_tolerance:
+                    changed["off_length"].append(name)
+                    raw_lengths[name] = {"samples": int(raw_len), "sample_rate": int(sr),
+                                         "seconds": raw_len / sr}
+                write_wav(staging / Path(name).name, mono, sample_rate, subtype="PCM_24")
+                hashes.append(sha256_of_file(path))
+            df["raw_sha256"] = hashes
+            df = df[list(MANIFEST_OUTPUT_COLUMNS)]
+
+            per_split_device = {
+                split: {dev: int(((df["split"] == split) & (df["device"] == dev)).sum()) for dev in devices}
+                for split in SPLITS
+            }
+            report = {
+                "root": str(root),
+                "sample_rate": int(sample_rate),
+                "duration_s": float(duration_s),
+                "n_samples": n_samples,
+                "length_tolerance": int(length_tolerance),
+                "n_files": int(len(df)),
+                "n_unused": n_unused,
+                "counts": per_split_device,
+                **{f"n_{k}": len(v) for k, v in changed.items()},
+                "files": changed,
+                "off_length_raw": raw_lengths,
+            }
+            manifest_tmp = outputs.enter_context(atomic_path(manifest_out))
+            df.to_csv(manifest_tmp, index=False)
+            summary_tmp = outputs.enter_context(atomic_path(summary_out))
+            summarize(table).to_csv(summary_tmp, index=False)
+            report_tmp = outputs.enter_context(atomic_path(report_out))
+            write_json(report_tmp, report)
+            _replace_dir(staging, audio_out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return df

@@ -1,0 +1,572 @@
+"""Training loop (SPEC §6) and per-run outputs (SPEC §7): Adadelta, Keras-style L2, mixup, plateau LR,
+epoch selection (test | holdout | last), resumable checkpoints, metrics/embeddings/predictions."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from heatedasc.fileio import atomic_path, write_json, write_text
+from heatedasc.losses import heated_softmax, make_loss
+from heatedasc.model import ASCNet, block_output_shapes, count_parameters
+
+log = logging.getLogger("heatedasc.train")
+
+SELECTIONS = ("test", "holdout", "last")
+MONITORS = ("avg_bc", "overall")
+DEVICES = ("a", "b", "c")
+ECE_BINS = 15  # fixed by the output contract (metrics.json `ece`)
+INDEX_COLUMNS = ("row", "filename", "scene_label", "label", "device", "identifier", "group")
+TRAIN_KEYS = (
+    "epochs", "batch_size", "lr", "rho", "eps", "weight_decay_l2", "mixup_alpha", "plateau_factor",
+    "plateau_patience", "plateau_min_delta", "monitor", "selection", "holdout_fraction", "deterministic",
+    "device", "amp", "channels_last", "eval_batch_size",
+)
+HISTORY_COLUMNS = (
+    "epoch", "train_loss", "lr", "val_acc_a", "val_acc_b", "val_acc_c", "val_avg_bc", "val_overall", "seconds",
+)
+RESUME_DIR = ".resume"
+
+
+def _scenes() -> tuple[str, ...]:
+    from heatedasc.tau import SCENES  # lazy: tau.py is owned by another module
+
+    return tuple(SCENES)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class FeatureCache:
+    """A float16 feature array (N, n_mels, n_frames) and its row index."""
+
+    features: np.ndarray
+    index: pd.DataFrame
+    npy_path: Path
+    index_path: Path
+
+    @property
+    def clip_shape(self) -> tuple[int, int]:
+        return tuple(self.features.shape[1:])  # type: ignore[return-value]
+
+
+def load_feature_cache(npy_path: str | os.PathLike, index_path: str | os.PathLike) -> FeatureCache:
+    """Open a cache (memory-mapped) and check that the csv index matches the array row for row."""
+    npy_path, index_path = Path(npy_path), Path(index_path)
+    if not npy_path.is_file():
+        raise ValueError(f"{npy_path}: feature cache not found")
+    if not index_path.is_file():
+        raise ValueError(f"{index_path}: feature index not found")
+    features = np.load(npy_path, mmap_mode="r")
+    if features.ndim != 3:
+        raise ValueError(f"{npy_path}: expected a (N, n_mels, n_frames) array, got shape {features.shape}")
+    index = pd.read_csv(index_path, dtype={"device": str, "identifier": str, "group": str, "filename": str})
+    missing = [c for c in INDEX_COLUMNS if c not in index.columns]
+    if missing:
+        raise ValueError(f"{index_path}: missing column(s) {', '.join(missing)}")
+    if len(index) != features.shape[0]:
+        raise ValueError(f"{index_path}: {len(index)} rows but {npy_path} holds {features.shape[0]} clips")
+    if not np.array_equal(index["row"].to_numpy(), np.arange(len(index))):
+        raise ValueError(f"{index_path}: column 'row' must be 0..{len(index) - 1} in order")
+    return FeatureCache(features, index, npy_path, index_path)
+
+
+def select_holdout(identifiers: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of rows whose recording location is held out for validation (seeded, by location)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"train.holdout_fraction must be in (0, 1), got {fraction}")
+    identifiers = np.asarray(identifiers, dtype=str)
+    unique = np.unique(identifiers)  # sorted, so the choice depends only on the seed and the set
+    if len(unique) < 2:
+        raise ValueError("train.holdout_fraction: the training cache has fewer than 2 recording locations")
+    n_hold = min(max(1, int(round(fraction * len(unique)))), len(unique) - 1)
+    rng = np.random.default_rng([seed, 0x401D])
+    held = rng.choice(unique, size=n_hold, replace=False)
+    return np.isin(identifiers, held)
+
+
+# ------------------------------------------------------------------------------ training pieces
+
+
+def l2_penalty(model: ASCNet, weight: float) -> torch.Tensor:
+    """Keras L2 regulariser: weight·Σw² over conv and dense kernels only (gradient 2·weight·w)."""
+    return weight * sum(w.pow(2).sum() for w in model.kernel_parameters())
+
+
+def draw_mixup(rng: np.random.Generator, batch_size: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example λ ~ Beta(α, α) and a partner permutation of the batch."""
+    lam = rng.beta(alpha, alpha, size=batch_size).astype(np.float32)
+    partner = rng.permutation(batch_size)
+    return lam, partner
+
+
+def mixup_batch(
+    x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix features x [N, ...] and soft targets y [N, C] with per-example weights lam [N]."""
+    lam_x = lam.view(-1, *([1] * (x.dim() - 1)))
+    lam_y = lam.view(-1, 1)
+    return lam_x * x + (1 - lam_x) * x[partner], lam_y * y + (1 - lam_y) * y[partner]
+
+
+def make_plateau_scheduler(
+    optimizer: torch.optim.Optimizer, *, factor: float, patience: int, min_delta: float
+) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """ReduceLROnPlateau on a maximised accuracy with Keras semantics.
+
+    Keras reduces once `patience` epochs in a row fail to beat best + min_delta; torch waits for
+    `patience + 1`, so torch gets patience − 1 (the paper trained with Keras).
+    """
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=factor, patience=max(int(patience) - 1, 0),
+        threshold=min_delta, threshold_mode="abs",
+    )
+
+
+def device_accuracies(pred: np.ndarray, labels: np.ndarray, devices: np.ndarray) -> dict[str, float]:
+    """Accuracy per device a/b/c (NaN if a device has no rows), avg_bc and overall."""
+    correct = pred == labels
+    out = {}
+    for d in DEVICES:
+        sel = devices == d
+        out[f"acc_{d}"] = float(correct[sel].mean()) if sel.any() else float("nan")
+    out["avg_bc"] = (out["acc_b"] + out["acc_c"]) / 2
+    out["overall"] = float(correct.mean()) if len(correct) else float("nan")
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE with equal-width confidence bins: Σ_b |B|/N · |acc(B) − conf(B)|."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(ece)
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _train_value(train_cfg: dict, key: str) -> Any:
+    if key not in train_cfg:
+        raise ValueError(f"train.{key} is missing from the training config")
+    return train_cfg[key]
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"train.device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------------- the loop
+
+
+class BatchRunner:
+    """Holds the device tensors and does batched forward passes."""
+
+    def __init__(self, model: ASCNet, device: torch.device, amp_dtype: torch.dtype | None, channels_last: bool):
+        self.model, self.device, self.amp_dtype, self.channels_last = model, device, amp_dtype, channels_last
+
+    def to_device_features(self, array: np.ndarray) -> torch.Tensor:
+        # float16 everywhere (halves memory); cast to float32 per batch on CPU
+        return torch.from_numpy(np.array(array, dtype=np.float16, copy=True)).to(self.device)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(1)
+        if self.amp_dtype is None:
+            x = x.float()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    @torch.no_grad()
+    def infer(self, features: torch.Tensor, rows: np.ndarray | None, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Logits [N, C] and GAP embeddings [N, D] (float32, eval mode) for the given rows."""
+        self.model.eval()
+        n = features.shape[0] if rows is None else len(rows)
+        logits, embs = [], []
+        for start in range(0, n, batch_size):
+            if rows is None:
+                xb = features[start:start + batch_size]
+            else:
+                xb = features[torch.as_tensor(rows[start:start + batch_size], device=self.device)]
+            with self.autocast():
+                lo, em = self.model.forward_with_embedding(self.prepare(xb))
+            logits.append(lo.float().cpu())
+            embs.append(em.float().cpu())
+        if not logits:
+            return np.zeros((0, self.model.n_classes), np.float32), np.zeros((0, self.model.embedding_dim), np.float32)
+        return torch.cat(logits).numpy(), torch.cat(embs).numpy()
+
+
+def train_epoch(
+    model: ASCNet, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, runner: BatchRunner,
+    x_train: torch.Tensor, onehot: torch.Tensor, order: torch.Tensor, *, batch_size: int, mixup_alpha: float,
+    np_rng: np.random.Generator, loss_fn: Callable, weight_decay_l2: float,
+) -> float:
+    """One pass over `order` (row ids into the device-resident cache); returns the mean training loss."""
+    device = x_train.device
+    model.train()
+    order = order.to(device)
+    loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per batch
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        xb = runner.prepare(x_train[idx])
+        yb = onehot[idx]
+        if mixup_alpha > 0:
+            lam, partner = draw_mixup(np_rng, len(idx), mixup_alpha)
+            lam_t = torch.from_numpy(lam).to(device)
+            xb, yb = mixup_batch(xb, yb, lam_t.to(xb.dtype), torch.from_numpy(partner).to(device))
+            yb = yb.float()
+        with runner.autocast():
+            logits = model(xb)
+        batch_loss = loss_fn(logits.float(), yb) + l2_penalty(model, weight_decay_l2)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(batch_loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += batch_loss.detach() * len(idx)
+    return float(loss_sum) / max(len(order), 1)
+
+
+def _rng_snapshot(torch_gen: torch.Generator, np_rng: np.random.Generator) -> dict:
+    snap = {"torch_gen": torch_gen.get_state(), "np_rng": np_rng.bit_generator.state,
+            "torch_global": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        snap["cuda"] = torch.cuda.get_rng_state_all()
+    return snap
+
+
+def _rng_restore(snap: dict, torch_gen: torch.Generator, np_rng: np.random.Generator) -> None:
+    torch_gen.set_state(snap["torch_gen"])
+    np_rng.bit_generator.state = snap["np_rng"]
+    torch.set_rng_state(snap["torch_global"])
+    if "cuda" in snap and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(snap["cuda"])
+
+
+def run_training(
+    *,
+    train_npy: str | os.PathLike,
+    train_index: str | os.PathLike,
+    eval_npy: str | os.PathLike,
+    eval_index: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    temperature: float,
+    loss: str,
+    seed: int,
+    model_cfg: dict,
+    loss_cfg: dict,
+    train_cfg: dict,
+    threads: int = 1,
+    progress: bool = True,
+    correction: str | None = None,
+    stop_after_epoch: int | None = None,
+) -> dict:
+    """Train one (correction, T, loss, seed) run and write its outputs to `out_dir`; return the metrics.
+
+    `correction` only labels metrics.json (default: the run-dir component above T{temperature}).
+    `stop_after_epoch` ends the run after that epoch's checkpoint, as a kill would (for tests); it
+    then returns {"stopped_after_epoch": k} and writes no outputs.
+    """
+    out_dir = Path(out_dir)
+    temperature = float(temperature)
+    # ---- validate everything before any training
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    for key in ("gamma", "focal_form"):
+        if key not in loss_cfg:
+            raise ValueError(f"loss.{key} is missing from the loss config")
+    loss_fn = make_loss(loss, temperature=temperature, gamma=float(loss_cfg["gamma"]),
+                        focal_form=loss_cfg["focal_form"])
+    cfg = {k: _train_value(train_cfg, k) for k in TRAIN_KEYS}
+    if cfg["selection"] not in SELECTIONS:
+        raise ValueError(f"train.selection must be one of {SELECTIONS}, got {cfg['selection']!r}")
+    if cfg["monitor"] not in MONITORS:
+        raise ValueError(f"train.monitor must be one of {MONITORS}, got {cfg['monitor']!r}")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if int(cfg[key]) < 1:
+            raise ValueError(f"train.{key} must be >= 1, got {cfg[key]}")
+    scenes = _scenes()
+    n_classes = len(scenes)
+    train = load_feature_cache(train_npy, train_index)
+    test = load_feature_cache(eval_npy, eval_index)
+    if train.clip_shape != test.clip_shape:
+        raise ValueError(
+            f"feature shape mismatch: {train.npy_path} has clips of {train.clip_shape} "
+            f"but {test.npy_path} has {test.clip_shape}"
+        )
+    test_devices = test.index["device"].to_numpy(dtype=str)
+    for d in DEVICES:
+        if not (test_devices == d).any():
+            raise ValueError(f"{test.index_path}: no rows of device '{d}' in the evaluation cache")
+    for cache in (train, test):
+        labels = cache.index["label"].to_numpy()
+        if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+            raise ValueError(f"{cache.index_path}: column 'label' must lie in 0..{n_classes - 1}")
+    try:
+        model_probe = ASCNet(n_classes=n_classes, **model_cfg)
+    except TypeError as exc:
+        raise ValueError(f"model: unexpected key in model config ({exc})") from exc
+    try:
+        block_output_shapes(model_probe, (1,) + train.clip_shape)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{train.npy_path}: clips of {train.clip_shape} are too small for the model's conv blocks"
+        ) from exc
+    if correction is None:
+        correction = out_dir.parts[-4] if len(out_dir.parts) >= 4 else ""
+
+    selection, monitor = cfg["selection"], cfg["monitor"]
+    train_labels_all = train.index["label"].to_numpy(dtype=np.int64)
+    train_devices_all = train.index["device"].to_numpy(dtype=str)
+    if selection == "holdout":
+        val_mask = select_holdout(train.index["identifier"].to_numpy(dtype=str), float(cfg["holdout_fraction"]), seed)
+        fit_rows = np.flatnonzero(~val_mask)
+        val_rows = np.flatnonzero(val_mask)
+        if monitor == "avg_bc":
+            for d in ("b", "c"):
+                if not (train_devices_all[val_rows] == d).any():
+                    raise ValueError(
+                        f"train.holdout_fraction: the held-out locations of {train.index_path} have no rows of "
+                        f"device '{d}', so train.monitor 'avg_bc' cannot be computed"
+                    )
+    else:
+        fit_rows = np.arange(len(train.index))
+        val_rows = None
+    if len(fit_rows) == 0:
+        raise ValueError(f"{train.index_path}: no training rows")
+
+    run_config = {
+        "train_npy": _file_stamp(train.npy_path), "train_index": _file_stamp(train.index_path),
+        "eval_npy": _file_stamp(test.npy_path), "eval_index": _file_stamp(test.index_path),
+        "temperature": temperature, "loss": loss, "seed": int(seed), "model": model_cfg, "loss_cfg": loss_cfg,
+        "train": cfg, "n_classes": n_classes,
+    }
+    run_hash = config_hash(run_config)
+
+    # ---- device, determinism, threads
+    device = _resolve_device(cfg["device"])
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    if cfg["deterministic"]:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        return _train_and_write(
+            train=train, test=test, fit_rows=fit_rows, val_rows=val_rows, loss_fn=loss_fn, cfg=cfg,
+            model_cfg=model_cfg, n_classes=n_classes, scenes=scenes, seed=int(seed), device=device,
+            out_dir=out_dir, run_hash=run_hash, temperature=temperature, loss=loss, correction=correction,
+            progress=progress, stop_after_epoch=stop_after_epoch, train_labels_all=train_labels_all,
+            train_devices_all=train_devices_all, param_counts=count_parameters(model_probe),
+        )
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev_cudnn
+
+
+def _selection_note(selection: str, monitor: str, holdout_fraction: float) -> str:
+    if selection == "test":
+        return (
+            f"The epoch was chosen by the test set (fold1_evaluate {monitor} accuracy), which also drove the "
+            "learning-rate schedule, as in the paper; this leaks the test set into model selection, so the "
+            "reported accuracies are optimistic."
+        )
+    if selection == "holdout":
+        return (
+            f"The epoch was chosen by {monitor} accuracy on a validation split of {holdout_fraction:g} of the "
+            "fold1_train recording locations; the test set (fold1_evaluate) was not used for selection or the "
+            "learning-rate schedule."
+        )
+    return (
+        "The last epoch was kept (no epoch selection); the learning-rate schedule was driven by the test set "
+        f"(fold1_evaluate {monitor} accuracy), as in the paper."
+    )
+
+
+def _train_and_write(
+    *, train: FeatureCache, test: FeatureCache, fit_rows: np.ndarray, val_rows: np.ndarray | None,
+    loss_fn: Callable, cfg: dict, model_cfg: dict, n_classes: int, scenes: tuple[str, ...], seed: int,
+    device: torch.device, out_dir: Path, run_hash: str, temperature: float, loss: str, correction: str,
+    progress: bool, stop_after_epoch: int | None, train_labels_all: np.ndarray, train_devices_all: np.ndarray,
+    param_counts: tuple[int, int],
+) -> dict:
+    from tqdm.auto import tqdm
+
+    epochs, batch_size = int(cfg["epochs"]), int(cfg["batch_size"])
+    selection, monitor = cfg["selection"], cfg["monitor"]
+    use_amp = bool(cfg["amp"]) and device.type == "cuda"
+    amp_dtype = None
+    if use_amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    channels_last = bool(cfg["channels_last"]) and device.type == "cuda"
+
+    torch.manual_seed(seed)
+    model = ASCNet(n_classes=n_classes, **model_cfg).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=float(cfg["lr"]), rho=float(cfg["rho"]),
+                                     eps=float(cfg["eps"]), weight_decay=0.0)
+    scheduler = make_plateau_scheduler(optimizer, factor=float(cfg["plateau_factor"]),
+                                       patience=int(cfg["plateau_patience"]),
+                                       min_delta=float(cfg["plateau_min_delta"]))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    torch_gen = torch.Generator().manual_seed(seed)
+    np_rng = np.random.default_rng([seed, 0x313C])
+    runner = BatchRunner(model, device, amp_dtype, channels_last)
+
+    # ---- whole caches on the device once
+    x_train = runner.to_device_features(train.features)
+    x_test = runner.to_device_features(test.features)
+    onehot = torch.nn.functional.one_hot(torch.tensor(train_labels_all), n_classes).float().to(device)
+    test_labels = test.index["label"].to_numpy(dtype=np.int64)
+    test_devices = test.index["device"].to_numpy(dtype=str)
+    if val_rows is None:
+        val_x, val_sel, val_labels, val_devices = x_test, None, test_labels, test_devices
+    else:
+        val_x, val_sel = x_train, val_rows
+        val_labels, val_devices = train_labels_all[val_rows], train_devices_all[val_rows]
+    fit_rows_t = torch.as_tensor(fit_rows)
+    wd, alpha = float(cfg["weight_decay_l2"]), float(cfg["mixup_alpha"])
+
+    # ---- resume
+    resume_path = out_dir / RESUME_DIR / "last.pt"
+    start_epoch, history = 0, []
+    best = {"epoch": 0, "value": -math.inf, "state": None}
+    if resume_path.is_file():
+        # CPU first: generator states must stay CPU tensors; load_state_dict moves the rest
+        ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)
+        if ckpt.get("config_hash") == run_hash:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            _rng_restore(ckpt["rng"], torch_gen, np_rng)
+            start_epoch, history, best = ckpt["epoch"], ckpt["history"], ckpt["best"]
+            log.info("resuming %s after epoch %d", out_dir, start_epoch)
+        else:
+            log.info("ignoring %s: it belongs to a different run configuration; starting over", resume_path)
+
+    bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, disable=not progress,
+               desc=f"train {out_dir.name}", leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        order = fit_rows_t[torch.randperm(len(fit_rows_t), generator=torch_gen)]
+        train_loss = train_epoch(model, optimizer, scaler, runner, x_train, onehot, order, batch_size=batch_size,
+                                 mixup_alpha=alpha, np_rng=np_rng, loss_fn=loss_fn, weight_decay_l2=wd)
+        val_logits, _ = runner.infer(val_x, val_sel, int(cfg["eval_batch_size"]))
+        accs = device_accuracies(val_logits.argmax(axis=1), val_labels, val_devices)
+        value = accs[monitor]
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step(value)
+        if selection == "last" or value > best["value"]:
+            best = {"epoch": epoch + 1, "value": value,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, "val_acc_a": accs["acc_a"],
+                        "val_acc_b": accs["acc_b"], "val_acc_c": accs["acc_c"], "val_avg_bc": accs["avg_bc"],
+                        "val_overall": accs["overall"], "seconds": time.perf_counter() - t0})
+        log.info("epoch %d/%d loss %.4f lr %.3g val a %.3f b %.3f c %.3f avg_bc %.3f overall %.3f",
+                 epoch + 1, epochs, train_loss, lr, accs["acc_a"], accs["acc_b"], accs["acc_c"],
+                 accs["avg_bc"], accs["overall"])
+        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{value:.3f}", lr=f"{lr:.2g}")
+        ckpt = {"config_hash": run_hash, "epoch": epoch + 1, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_snapshot(torch_gen, np_rng), "history": history,
+                "best": best}
+        with atomic_path(resume_path) as tmp:
+            torch.save(ckpt, tmp)
+        if stop_after_epoch is not None and epoch + 1 == stop_after_epoch and epoch + 1 < epochs:
+            bar.close()
+            return {"stopped_after_epoch": epoch + 1}
+    bar.close()
+
+    # ---- evaluate the selected model
+    model.load_state_dict(best["state"])
+    eval_bs = int(cfg["eval_batch_size"])
+    test_logits, test_emb = runner.infer(x_test, None, eval_bs)
+    train_logits, train_emb = runner.infer(x_train, None, eval_bs)
+    test_pred = test_logits.argmax(axis=1)  # accuracy from z: T does not move the argmax
+    probs = heated_softmax(torch.from_numpy(test_logits), temperature).numpy().astype(np.float32)
+    accs = device_accuracies(test_pred, test_labels, test_devices)
+    confusion = {}
+    for d in DEVICES:
+        sel = test_devices == d
+        mat = np.zeros((n_classes, n_classes), dtype=np.int64)
+        np.add.at(mat, (test_labels[sel], test_pred[sel]), 1)
+        confusion[d] = mat.tolist()
+    class_acc = {}
+    for k, scene in enumerate(scenes):
+        sel = test_labels == k
+        class_acc[scene] = float((test_pred[sel] == k).mean()) if sel.any() else None  # None: no test rows
+    metrics = {
+        "correction": correction, "temperature": temperature, "loss": loss, "seed": seed,
+        "acc_a": accs["acc_a"], "acc_b": accs["acc_b"], "acc_c": accs["acc_c"], "avg_bc": accs["avg_bc"],
+        "acc_overall": accs["overall"],
+        "n_test": {d: int((test_devices == d).sum()) for d in DEVICES},
+        "class_acc": class_acc, "confusion": confusion,
+        "ece": expected_calibration_error(probs.astype(np.float64), test_labels),
+        "params_trainable": param_counts[0], "params_keras": param_counts[1],
+        "best_epoch": int(best["epoch"]), "epochs_run": len(history), "selection": selection,
+        "selection_note": _selection_note(selection, monitor, float(cfg["holdout_fraction"])),
+        "monitor": monitor, "best_monitor_value": float(best["value"]),
+    }
+
+    # ---- outputs, each atomic
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hist_df = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
+    write_text(out_dir / "history.csv", hist_df.to_csv(index=False))
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save({"state_dict": best["state"],
+                    "meta": {"model_cfg": dict(model_cfg), "n_classes": n_classes, "temperature": temperature,
+                             "loss": loss, "seed": seed, "best_epoch": int(best["epoch"]), "selection": selection,
+                             "monitor": monitor, "scenes": list(scenes)}}, tmp)
+    with atomic_path(out_dir / "embeddings.npz") as tmp:
+        np.savez(tmp, train_embeddings=train_emb.astype(np.float32), train_labels=train_labels_all,
+                 train_devices=train_devices_all.astype(str), test_embeddings=test_emb.astype(np.float32),
+                 test_labels=test_labels, test_devices=test_devices.astype(str))
+    with atomic_path(out_dir / "predictions.npz") as tmp:
+        np.savez(tmp, filenames=test.index["filename"].to_numpy(dtype=str), labels=test_labels,
+                 devices=test_devices.astype(str), logits=test_logits.astype(np.float32), probs=probs)
+    write_json(out_dir / "metrics.json", metrics)
+    shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)
+    return metrics

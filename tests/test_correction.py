@@ -1,0 +1,176 @@
+"""Spectrum correction: triplet selection, both estimators against direct numpy, known gains, I/O."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from heatedasc.correction import (
+    compute_mean_spectra,
+    estimate_coefficients,
+    load_coefficients,
+    load_mean_spectra,
+    parallel_training_groups,
+    plot_coefficients,
+    save_coefficients,
+    save_mean_spectra,
+)
+from heatedasc.tau import DatasetError
+
+torch.set_num_threads(2)
+DEVICES = ["a", "b", "c"]
+
+
+def manifest_of(spec: list[tuple[str, str, str]]) -> pd.DataFrame:
+    """(group, device, split) rows -> a manifest per the shared contract."""
+    rows = []
+    for group, device, split in spec:
+        scene, city, location, segment = group.split("-")
+        rows.append(dict(filename=f"audio/{group}-{device}.wav", scene_label=scene, label=0, device=device,
+                         city=city, location=location, segment=segment, identifier=f"{city}-{location}",
+                         group=group, split=split, raw_sha256="0" * 64))
+    return pd.DataFrame(rows)
+
+
+def random_spectra(rng: np.random.Generator, n_groups: int, n_freqs: int) -> dict:
+    groups = [f"g{i}" for i in range(n_groups) for _ in DEVICES]
+    devices = [d for _ in range(n_groups) for d in DEVICES]
+    return {
+        "filenames": np.asarray([f"audio/{g}-{d}.wav" for g, d in zip(groups, devices)]),
+        "devices": np.asarray(devices),
+        "groups": np.asarray(groups),
+        "spectra": rng.uniform(0.1, 10.0, (len(groups), n_freqs)),
+    }
+
+
+def test_parallel_training_groups_keeps_complete_training_triplets():
+    manifest = manifest_of(
+        [("park-lyon-2-0", d, "train") for d in "cab"]          # complete, shuffled order
+        + [("bus-lyon-1-0", d, "train") for d in "abc"]         # complete
+        + [("bus-lyon-1-1", "a", "train")]                      # a only
+        + [("bus-lyon-1-2", d, "train") for d in "ab"]          # c missing
+        + [("tram-oslo-3-0", d, "evaluate") for d in "abc"]     # not training
+    )
+    rows = parallel_training_groups(manifest, DEVICES)
+    assert rows["group"].tolist() == ["bus-lyon-1-0"] * 3 + ["park-lyon-2-0"] * 3
+    assert rows["device"].tolist() == ["a", "b", "c"] * 2
+
+
+def test_device_without_parallel_files_names_device_and_split():
+    manifest = manifest_of([("bus-lyon-1-0", d, "train") for d in "ab"] + [("bus-lyon-1-0", "c", "evaluate")])
+    expected = r"device 'c' has no parallel recordings .* in split 'train' \(0 device-'c' files"
+    with pytest.raises(DatasetError, match=expected):
+        parallel_training_groups(manifest, DEVICES)
+    # Mean spectra lacking device c (its files never made it into a triplet): named with the split.
+    spectra = random_spectra(np.random.default_rng(0), 2, 5)
+    keep = spectra["devices"] != "c"
+    spectra = {k: v[keep] for k, v in spectra.items()}
+    with pytest.raises(DatasetError, match=r"device 'c' has no parallel files in split 'train'"):
+        estimate_coefficients(spectra, reference_devices=["b", "c"], estimator="ratio_of_means", devices=DEVICES)
+
+
+def test_ratio_of_means_matches_direct_numpy():
+    rng = np.random.default_rng(1)
+    spectra = random_spectra(rng, 4, 6)
+    m = spectra["spectra"].reshape(4, 3, 6)  # [group, device a/b/c, freq]
+    S = m.mean(axis=0)
+    for refs, ref_idx in ((["a", "b", "c"], [0, 1, 2]), (["b", "c"], [1, 2])):
+        c = estimate_coefficients(spectra, reference_devices=refs, estimator="ratio_of_means", devices=DEVICES)
+        R = S[ref_idx].mean(axis=0)
+        for j, d in enumerate(DEVICES):
+            np.testing.assert_allclose(c[d], R / S[j], rtol=1e-12)
+
+
+def test_mean_of_ratios_matches_direct_numpy_and_differs_from_ratio_of_means():
+    rng = np.random.default_rng(2)
+    spectra = random_spectra(rng, 4, 6)
+    order = rng.permutation(12)  # file order must not matter
+    shuffled = {k: v[order] for k, v in spectra.items()}
+    m = spectra["spectra"].reshape(4, 3, 6)
+    R = m[:, [1, 2]].mean(axis=1)  # ref_bc, per triplet
+    c = estimate_coefficients(shuffled, reference_devices=["b", "c"], estimator="mean_of_ratios", devices=DEVICES)
+    for j, d in enumerate(DEVICES):
+        np.testing.assert_allclose(c[d], (R / m[:, j]).mean(axis=0), rtol=1e-12)
+    c_rom = estimate_coefficients(shuffled, reference_devices=["b", "c"], estimator="ratio_of_means", devices=DEVICES)
+    assert not np.allclose(c["a"], c_rom["a"])
+
+
+def test_none_is_ones_and_references_differ():
+    spectra = random_spectra(np.random.default_rng(3), 3, 7)
+    none = estimate_coefficients(spectra, reference_devices=[], estimator="ratio_of_means", devices=DEVICES)
+    assert set(none) == set(DEVICES)
+    for d in DEVICES:
+        np.testing.assert_array_equal(none[d], np.ones(7))
+    abc = estimate_coefficients(spectra, reference_devices=DEVICES, estimator="ratio_of_means", devices=DEVICES)
+    bc = estimate_coefficients(spectra, reference_devices=["b", "c"], estimator="ratio_of_means", devices=DEVICES)
+    for d in DEVICES:
+        assert not np.allclose(abc[d], bc[d])
+    # ref_abc: R is the mean of the S_d, so the harmonic-type identity mean_d(1 / c_d) = 1 holds per bin.
+    np.testing.assert_allclose(np.mean([1 / abc[d] for d in DEVICES], axis=0), 1.0, rtol=1e-12)
+
+
+def test_bad_estimator_or_reference_is_named():
+    spectra = random_spectra(np.random.default_rng(4), 2, 3)
+    with pytest.raises(ValueError, match="unknown estimator 'median'"):
+        estimate_coefficients(spectra, reference_devices=["a"], estimator="median", devices=DEVICES)
+    with pytest.raises(ValueError, match="reference device 'd' is not one of"):
+        estimate_coefficients(spectra, reference_devices=["b", "d"], estimator="ratio_of_means", devices=DEVICES)
+
+
+def test_known_device_gain_gets_the_inverse_coefficient(tmp_path):
+    """b records at 2x the amplitude of a, c at 0.5x: |X| scales linearly, so c_b = 1/2, c_c = 2 for ref a."""
+    rng = np.random.default_rng(5)
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    spec = []
+    for i in range(3):
+        group = f"metro-riga-{i}-0"
+        x = (0.1 * rng.standard_normal(6000) + 0.02).astype(np.float32)
+        for d, gain in (("a", 1.0), ("b", 2.0), ("c", 0.5)):
+            sf.write(audio / f"{group}-{d}.wav", gain * x, 16000, subtype="FLOAT")
+            spec.append((group, d, "train"))
+    spec.append(("metro-riga-9-0", "a", "train"))  # no twins: must not enter the spectra
+    manifest = manifest_of(spec)
+    spectra = compute_mean_spectra(manifest, audio, n_fft=256, hop_length=64, remove_dc=True, devices=DEVICES,
+                                   batch_size=4, progress=False)
+    assert spectra["spectra"].shape == (9, 129) and spectra["spectra"].dtype == np.float64
+    assert "audio/metro-riga-9-0-a.wav" not in spectra["filenames"].tolist()
+
+    c = estimate_coefficients(spectra, reference_devices=["a"], estimator="ratio_of_means", devices=DEVICES)
+    np.testing.assert_allclose(c["a"], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(c["b"], 0.5, rtol=1e-5)
+    np.testing.assert_allclose(c["c"], 2.0, rtol=1e-5)
+    abc = estimate_coefficients(spectra, reference_devices=DEVICES, estimator="mean_of_ratios", devices=DEVICES)
+    np.testing.assert_allclose(abc["b"], (3.5 / 3) / 2.0, rtol=1e-5)  # R = mean(1, 2, 0.5)·S_a
+
+    save_mean_spectra(tmp_path / "spectra.npz", spectra)
+    loaded = load_mean_spectra(tmp_path / "spectra.npz")
+    np.testing.assert_array_equal(loaded["spectra"], spectra["spectra"])
+    assert loaded["filenames"].tolist() == spectra["filenames"].tolist()
+    assert loaded["groups"].dtype.kind == "U"
+
+
+def test_coefficients_round_trip_without_pickle_and_plot(tmp_path):
+    spectra = random_spectra(np.random.default_rng(6), 3, 1025)
+    paths = []
+    for name, refs in (("ref_abc", DEVICES), ("ref_bc", ["b", "c"]), ("none", [])):
+        coefficients = estimate_coefficients(spectra, reference_devices=refs, estimator="ratio_of_means",
+                                             devices=DEVICES)
+        path = tmp_path / f"{name}.npz"
+        save_coefficients(path, coefficients, correction=name, reference_devices=refs,
+                          estimator="ratio_of_means", files=spectra["filenames"].tolist())
+        loaded, meta = load_coefficients(path)
+        assert list(loaded) == DEVICES
+        for d in DEVICES:
+            np.testing.assert_array_equal(loaded[d], coefficients[d])
+        assert meta["correction"] == name and meta["reference_devices"] == list(refs)
+        assert meta["estimator"] == "ratio_of_means" and meta["files"] == spectra["filenames"].tolist()
+        assert meta["n_fft"] == 2048 and meta["sample_rate"] is None
+        paths.append(path)
+    out = tmp_path / "fig" / "coefficients.png"
+    plot_coefficients(paths, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["coefficients.png"]

@@ -1,0 +1,80 @@
+"""The paper CNN (SPEC §4): shapes, parameter counts, Keras BatchNorm, Glorot init."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from heatedasc.model import ASCNet, block_output_shapes, count_parameters
+
+torch.set_num_threads(1)
+
+PAPER_SHAPES = [(16, 254, 860), (32, 126, 429), (32, 124, 427), (64, 61, 213), (64, 59, 211)]
+
+
+def test_block_output_shapes_paper_size():
+    model = ASCNet()
+    assert block_output_shapes(model, (256, 862)) == PAPER_SHAPES
+    assert block_output_shapes(model, (1, 256, 862)) == PAPER_SHAPES
+
+
+def test_real_forward_matches_listed_shapes_and_embedding():
+    torch.manual_seed(0)
+    model = ASCNet().eval()
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[1:]))) for b in model.blocks]
+    x = torch.randn(1, 1, 256, 862)
+    with torch.no_grad():
+        logits, emb = model.forward_with_embedding(x)
+    for h in hooks:
+        h.remove()
+    assert seen == PAPER_SHAPES
+    assert logits.shape == (1, 10) and emb.shape == (1, 64)
+    with torch.no_grad():
+        assert torch.allclose(model.embed(x), emb)
+        assert torch.allclose(model(x), model.classifier(emb))
+        # embedding is the global average of the last block's output
+        assert torch.allclose(emb, model.features(x).mean(dim=(2, 3)), atol=1e-6)
+
+
+def test_parameter_counts_match_paper():
+    trainable, keras = count_parameters(ASCNet())
+    assert trainable == 70_538
+    assert keras == 70_954
+
+
+def test_batchnorm_is_keras_configured():
+    model = ASCNet(bn_momentum_keras=0.99, bn_eps=1e-3)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 5
+    for bn in bns:
+        assert bn.momentum == pytest.approx(0.01)
+        assert bn.eps == pytest.approx(1e-3)
+        assert bn.affine and bn.track_running_stats
+    # each block is conv -> relu -> batchnorm (BN after the nonlinearity, as in the base system)
+    for block in model.blocks:
+        assert [type(m) for m in block] == [nn.Conv2d, nn.ReLU, nn.BatchNorm2d]
+        assert block[0].padding == (0, 0)
+    assert [b[0].stride for b in model.blocks] == [(1, 1), (2, 2), (1, 1), (2, 2), (1, 1)]
+
+
+def test_glorot_uniform_kernels_and_zero_biases():
+    torch.manual_seed(1)
+    model = ASCNet()
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            w = module.weight
+            receptive = w[0, 0].numel() if w.dim() > 2 else 1
+            fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            assert w.abs().max().item() <= bound + 1e-7
+            assert w.abs().max().item() > 0.9 * bound  # uniform fills its range
+            assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.15)
+            assert torch.count_nonzero(module.bias) == 0
+
+
+def test_n_classes_and_mismatched_config():
+    assert ASCNet(n_classes=3).classifier.out_features == 3
+    with pytest.raises(ValueError, match="model.channels"):
+        ASCNet(channels=(16, 32), strides=(1,))

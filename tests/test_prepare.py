@@ -1,0 +1,175 @@
+"""Prepare stage: resample/downmix to fixed-length mono, reporting, and all-or-nothing failure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from heatedasc.audio import read_audio, to_mono_fixed, write_wav
+from heatedasc.prepare import prepare_dataset
+from heatedasc.synth import generate_dataset
+from heatedasc.tau import DatasetError
+
+torch.set_num_threads(1)
+
+SR = 44100
+N = 8820  # 0.2 s clips keep the test fast
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prep") / "tau"
+    generate_dataset(
+        root, seed=4, clip_seconds=N / SR, sample_rate=SR, train_parallel_per_scene=1,
+        train_a_only_per_scene=1, evaluate_parallel_per_scene=1, evaluate_a_only_per_scene=0,
+        device_a_48k_stereo=True, cities=["lisbon", "vienna"], device_strength_db=12.0, progress=False,
+    )
+    return root
+
+
+@pytest.fixture
+def root(pristine, tmp_path):
+    copy = tmp_path / "tau"
+    shutil.copytree(pristine, copy)
+    return copy
+
+
+def run(root, out, **overrides):
+    kwargs = dict(sample_rate=SR, duration_s=N / SR, length_tolerance=64, devices=("a", "b", "c"), progress=False)
+    kwargs.update(overrides)
+    return prepare_dataset(root, out / "audio", out / "manifest.csv", out / "summary.csv", out / "report.json", **kwargs)
+
+
+def test_to_mono_fixed_changes():
+    rng = np.random.default_rng(0)
+    stereo = rng.standard_normal((2, 4800)).astype(np.float32)
+    mono, changes = to_mono_fixed(stereo, 48000, target_sr=44100, n_samples=4410)
+    assert mono.dtype == np.float32 and mono.shape == (4410,)
+    assert changes == ["downmix 2ch", "resample 48000->44100"]
+    expected = AF.resample(torch.from_numpy(stereo.mean(0)), 48000, 44100).numpy()
+    np.testing.assert_allclose(mono, expected[:4410], atol=1e-6)
+
+    short, changes = to_mono_fixed(np.ones((1, 100), np.float32), 44100, target_sr=44100, n_samples=112)
+    assert changes == ["pad 12 samples"]
+    assert short[:100].tolist() == [1.0] * 100 and short[100:].tolist() == [0.0] * 12
+    long, changes = to_mono_fixed(np.arange(130, dtype=np.float32), 44100, target_sr=44100, n_samples=112)
+    assert changes == ["trim 18 samples"]
+    assert long.tolist() == list(range(112))
+
+
+def test_write_and_read_roundtrip(tmp_path):
+    wave = np.linspace(-0.5, 0.5, 1000, dtype=np.float32)
+    write_wav(tmp_path / "x.wav", wave, SR)
+    assert sf.info(str(tmp_path / "x.wav")).subtype == "PCM_24"
+    back, sr = read_audio(tmp_path / "x.wav")
+    assert sr == SR and back.shape == (1, 1000)
+    np.testing.assert_allclose(back[0], wave, atol=2.0 ** -22)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.wav"]
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    with pytest.raises(ValueError, match="bad.wav"):
+        read_audio(tmp_path / "bad.wav")
+
+
+def test_resample_downmix_to_exact_length(root, tmp_path):
+    out = tmp_path / "out"
+    df = run(root, out)
+    assert list(df.columns) == ["filename", "scene_label", "label", "device", "city", "location", "segment",
+                                "identifier", "group", "split", "source_label", "raw_sha256"]
+    manifest = pd.read_csv(out / "manifest.csv", dtype={"location": str, "segment": str})
+    assert len(manifest) == 70 and manifest["split"].isin(["train", "evaluate"]).all()
+    assert manifest["raw_sha256"].iloc[0] == hashlib.sha256((root / manifest["filename"].iloc[0]).read_bytes()).hexdigest()
+    assert sorted(p.name for p in (out / "audio").iterdir()) == sorted(manifest["filename"].str[len("audio/"):])
+    for name in manifest["filename"][:6]:
+        info = sf.info(str(out / "audio" / name[len("audio/"):]))
+        assert (info.samplerate, info.channels, info.frames) == (SR, 1, N)
+    # an a file: 48 kHz stereo in -> mean of channels resampled with torchaudio
+    a_name = manifest.loc[manifest["device"] == "a", "filename"].iloc[0]
+    raw, raw_sr = sf.read(str(root / a_name), dtype="float32", always_2d=True)
+    assert (raw_sr, raw.shape[1]) == (48000, 2)
+    expected = AF.resample(torch.from_numpy(raw.mean(1)), 48000, SR).numpy()[:N]
+    prepared, _ = sf.read(str(out / "audio" / a_name[len("audio/"):]), dtype="float32")
+    np.testing.assert_allclose(prepared, expected, atol=1e-5)
+
+    report = json.loads((out / "report.json").read_text())
+    n_a = int((manifest["device"] == "a").sum())
+    assert report["n_resampled"] == report["n_downmixed"] == n_a == 30
+    assert sorted(report["files"]["resampled"]) == sorted(manifest.loc[manifest["device"] == "a", "filename"])
+    assert report["n_padded"] == report["n_trimmed"] == report["n_off_length"] == 0
+    assert report["n_unused"] == 0
+    assert report["counts"] == {"train": {"a": 20, "b": 10, "c": 10}, "evaluate": {"a": 10, "b": 10, "c": 10}}
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["count"].sum() == 70
+    assert sorted(p.name for p in out.iterdir()) == ["audio", "manifest.csv", "report.json", "summary.csv"]
+
+
+def test_pad_trim_offlength_and_unused_reported(root, tmp_path):
+    meta = pd.read_csv(root / "meta.csv", sep="\t")
+    b_files = meta.loc[meta["source_label"] == "b", "filename"].tolist()
+    short, slightly_long = b_files[0], b_files[1]
+    wave, _ = sf.read(str(root / short))
+    sf.write(str(root / short), wave[: N - 100], SR, subtype="PCM_24")
+    wave, _ = sf.read(str(root / slightly_long))
+    sf.write(str(root / slightly_long), np.concatenate([wave, wave[:30]]), SR, subtype="PCM_24")
+    # a meta row in no fold: counted as unused, not converted
+    shutil.copy(root / short, root / "audio" / "bus-lisbon-0-77-a.wav")
+    with open(root / "meta.csv", "a") as fh:
+        fh.write("audio/bus-lisbon-0-77-a.wav\tbus\tlisbon-0\ta\n")
+
+    out = tmp_path / "out"
+    (out / "audio").mkdir(parents=True)
+    (out / "audio" / "stale.wav").write_bytes(b"old run")  # an earlier output folder is replaced whole
+    df = run(root, out)
+    assert not (out / "audio" / "stale.wav").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["audio", "manifest.csv", "report.json", "summary.csv"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["files"]["padded"] == [short]
+    assert report["files"]["trimmed"] == [slightly_long]
+    assert report["files"]["off_length"] == [short]  # 30 extra samples are within the tolerance of 64
+    assert report["off_length_raw"][short]["samples"] == N - 100
+    assert report["n_unused"] == 1
+    assert "audio/bus-lisbon-0-77-a.wav" not in set(df["filename"])
+    padded, _ = sf.read(str(out / "audio" / short[len("audio/"):]))
+    assert padded.shape == (N,) and np.all(padded[N - 100:] == 0)
+
+
+def _assert_nothing_written(out):
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
+
+
+def test_unreadable_wav_fails_before_any_output(root, tmp_path):
+    meta = pd.read_csv(root / "meta.csv", sep="\t")
+    bad = meta["filename"].iloc[-1]
+    (root / bad).write_bytes(np.random.default_rng(0).bytes(5000))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DatasetError) as err:
+        run(root, out)
+    assert str(root / bad) in str(err.value) and "unreadable" in str(err.value)
+    _assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("problem", ["nan", "silent"])
+def test_nan_or_silent_file_leaves_nothing(root, tmp_path, problem):
+    meta = pd.read_csv(root / "meta.csv", sep="\t")
+    bad = meta["filename"].iloc[-1]  # the last file: everything before it was already converted
+    if problem == "nan":
+        wave = np.random.default_rng(1).standard_normal(N) * 0.1
+        wave[100] = np.nan
+        sf.write(str(root / bad), wave, SR, subtype="FLOAT")
+    else:
+        sf.write(str(root / bad), np.zeros(N), SR, subtype="PCM_24")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DatasetError) as err:
+        run(root, out)
+    assert str(root / bad) in str(err.value)
+    assert ("NaN" if problem == "nan" else "silent") in str(err.value)
+    _assert_nothing_written(out)

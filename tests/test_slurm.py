@@ -1,0 +1,106 @@
+"""`snakemake --profile slurm` against a real single-node SLURM (tools/local-slurm.sh).
+
+Skips, with the reason, where SLURM is not installed and cannot be started (not root). CI runs as
+root and `make test` installs the Debian packages first, so there it runs for real."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, venv_env
+from test_workflow import TINY
+
+pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
+TOOL = REPO / "tools" / "local-slurm.sh"
+
+
+@pytest.fixture(scope="module")
+def local_slurm():
+    if not all(shutil.which(b) for b in ("sbatch", "squeue", "scontrol", "slurmctld", "slurmd", "munged")):
+        pytest.skip("SLURM is not installed here (run `tools/local-slurm.sh install` as root to enable this test)")
+    if subprocess.run([str(TOOL), "status"]).returncode == 0:
+        yield "already running"
+        return
+    if os.geteuid() != 0:
+        pytest.skip("SLURM is installed but not running, and starting its daemons needs root")
+    subprocess.run([str(TOOL), "start"], check=True, timeout=180)
+    try:
+        yield "started"
+    finally:
+        subprocess.run([str(TOOL), "stop"], timeout=60)
+
+
+def _config(tmp_path: Path, name: str) -> Path:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"]["root"] = str(tmp_path / "data" / "synthetic")
+    cfg["sweep"] = {"correction": ["ref_abc", "none"], "temperature": [1], "loss": ["focal"], "seed": [0]}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _slurm_jobs(workdir: Path) -> list[dict]:
+    """SLURM's own record of the jobs that ran in `workdir` (scontrol; MinJobAge keeps finished ones)."""
+    out = subprocess.run(["scontrol", "-o", "show", "job"], capture_output=True, text=True, check=True).stdout
+    jobs = []
+    for line in out.splitlines():
+        fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        if fields.get("WorkDir") == str(workdir) or fields.get("StdOut", "").startswith(str(workdir) + "/"):
+            jobs.append(fields)
+    return jobs
+
+
+def test_profile_slurm_submits_every_job_and_train_jobs_ask_for_a_gpu(local_slurm, tmp_path):
+    slurm_dir = tmp_path / "slurm"
+    slurm_dir.mkdir()
+    cfg = _config(slurm_dir, "cfg.yaml")
+    cmd = [
+        "timeout", "-s", "KILL", "900",
+        sys.executable, "-m", "snakemake", "--profile", "slurm",
+        "--directory", str(slurm_dir),
+        "--configfile", str(REPO / "params.yaml"), str(cfg),
+        "--slurm-status-command", "squeue", "--slurm-no-account",
+        "--slurm-init-seconds-before-status-checks", "2", "--jobs", "4",
+    ]
+    # The literal `--profile slurm`: Snakemake finds ./slurm/config.yaml from the repository root.
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=venv_env())
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
+
+    jobs = _slurm_jobs(slurm_dir)
+    train = [j for j in jobs if j.get("Comment", "").startswith("rule_train")]
+    others = [j for j in jobs if not j.get("Comment", "").startswith("rule_train")]
+    assert len(train) == 2, [j.get("Comment") for j in jobs]
+    assert all(j["JobState"] == "COMPLETED" for j in jobs)
+    assert all("gpu:1" in j.get("TresPerJob", "") for j in train)
+    assert not any("gpu" in j.get("TresPerJob", "") for j in others)
+    assert {j.get("Comment", "").split("_wildcards")[0] for j in others} >= {
+        "rule_prepare", "rule_features", "rule_tables"
+    }
+
+    # Inside the job the run saw SLURM's allocation (job id, the one GPU it was given).
+    for c in ("ref_abc", "none"):
+        prov = json.loads((slurm_dir / "results/runs" / c / "T1/focal/seed0/provenance.json").read_text())
+        assert prov["slurm"]["slurm_job_id"] in {j["JobId"] for j in train}
+        assert prov["host"]["cuda_visible_devices"] == "0"
+
+    # The same DAG run locally gives the same numbers.
+    local_dir = tmp_path / "local"
+    local_dir.mkdir()
+    cfg_local = _config(local_dir, "cfg.yaml")
+    local = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--directory", str(local_dir),
+         "--configfile", str(REPO / "params.yaml"), str(cfg_local)],
+        cwd=REPO, capture_output=True, text=True, env=venv_env(), timeout=900,
+    )
+    assert local.returncode == 0, local.stderr[-8000:]
+    for c in ("ref_abc", "none"):
+        a = json.loads((slurm_dir / "results/runs" / c / "T1/focal/seed0/metrics.json").read_text())
+        b = json.loads((local_dir / "results/runs" / c / "T1/focal/seed0/metrics.json").read_text())
+        for key in ("acc_a", "acc_b", "acc_c", "avg_bc", "best_epoch"):
+            assert a[key] == pytest.approx(b[key], abs=1e-9), (c, key)

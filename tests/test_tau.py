@@ -1,0 +1,207 @@
+"""TAU layout parsing and the validated loader: each bad input names the file and row."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from heatedasc.synth import generate_dataset
+from heatedasc.tau import DEVICES, SCENES, DatasetError, load_tau, parse_filename, summarize
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tau") / "tau"
+    generate_dataset(
+        root, seed=0, clip_seconds=0.1, sample_rate=44100, train_parallel_per_scene=1,
+        train_a_only_per_scene=1, evaluate_parallel_per_scene=1, evaluate_a_only_per_scene=0,
+        device_a_48k_stereo=False, cities=["barcelona", "helsinki"], device_strength_db=12.0, progress=False,
+    )
+    return root
+
+
+@pytest.fixture
+def root(pristine, tmp_path):
+    copy = tmp_path / "tau"
+    shutil.copytree(pristine, copy)
+    return copy
+
+
+def lines(path):
+    return path.read_text().splitlines()
+
+
+def write_lines(path, rows):
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_contract_names():
+    assert SCENES[0] == "airport" and SCENES[-1] == "tram" and len(SCENES) == 10
+    assert DEVICES == ("a", "b", "c")
+    assert issubclass(DatasetError, ValueError)
+
+
+def test_parse_filename():
+    fields = parse_filename("audio/street_traffic-barcelona-161-4901-b.wav")
+    assert fields == {
+        "scene_label": "street_traffic", "city": "barcelona", "location": "161", "segment": "4901",
+        "device": "b", "identifier": "barcelona-161", "group": "street_traffic-barcelona-161-4901",
+    }
+    with pytest.raises(DatasetError, match="street-traffic-barcelona-161-4901-b.wav"):
+        parse_filename("audio/street-traffic-barcelona-161-4901-b.wav")
+
+
+def test_load_accepts_generator_output(root):
+    df = load_tau(root)
+    assert list(df.columns) == ["filename", "scene_label", "label", "device", "city", "location", "segment",
+                                "identifier", "group", "split", "source_label"]
+    assert len(df) == 10 * (3 + 1 + 3)
+    assert df.groupby(["split", "device"]).size().to_dict() == {
+        ("evaluate", "a"): 10, ("evaluate", "b"): 10, ("evaluate", "c"): 10,
+        ("train", "a"): 20, ("train", "b"): 10, ("train", "c"): 10,
+    }
+    assert (df["label"] == df["scene_label"].map(SCENES.index)).all()
+    row = df[df["filename"] == "audio/airport-barcelona-0-0-a.wav"].iloc[0]
+    assert (row["city"], row["location"], row["segment"], row["identifier"], row["group"]) == (
+        "barcelona", "0", "0", "barcelona-0", "airport-barcelona-0-0")
+    summary = summarize(df)
+    assert list(summary.columns) == ["split", "device", "scene_label", "count"]
+    assert summary["count"].sum() == len(df)
+    assert summary.set_index(["split", "device", "scene_label"]).loc[("train", "a", "bus"), "count"] == 2
+
+
+def test_file_in_no_fold_is_unused(root):
+    meta = lines(root / "meta.csv")
+    shutil.copy(root / "audio" / "airport-barcelona-0-0-a.wav", root / "audio" / "airport-barcelona-0-99-a.wav")
+    write_lines(root / "meta.csv", meta + ["audio/airport-barcelona-0-99-a.wav\tairport\tbarcelona-0\ta"])
+    df = load_tau(root)
+    assert df.set_index("filename").loc["audio/airport-barcelona-0-99-a.wav", "split"] == "unused"
+    assert (df["split"] == "unused").sum() == 1
+
+
+def test_missing_root_and_meta(root, tmp_path):
+    with pytest.raises(DatasetError, match="data root does not exist") as err:
+        load_tau(tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in str(err.value)
+    (root / "meta.csv").unlink()
+    with pytest.raises(DatasetError) as err:
+        load_tau(root)
+    assert str(root / "meta.csv") in str(err.value)
+
+
+def test_missing_column(root):
+    meta = lines(root / "meta.csv")
+    write_lines(root / "meta.csv", ["filename\tscene\tidentifier\tsource_label"] + meta[1:])
+    with pytest.raises(DatasetError, match=r"lacks column\(s\) \['scene_label'\]") as err:
+        load_tau(root)
+    assert str(root / "meta.csv") in str(err.value)
+
+
+def test_comma_separated_meta_rejected(root):
+    meta = lines(root / "meta.csv")
+    write_lines(root / "meta.csv", [line.replace("\t", ",") for line in meta])
+    with pytest.raises(DatasetError, match="tab-separated"):
+        load_tau(root)
+
+
+def test_row_naming_missing_file(root):
+    meta = lines(root / "meta.csv")
+    name = meta[3].split("\t")[0]
+    (root / name).unlink()
+    with pytest.raises(DatasetError) as err:
+        load_tau(root)
+    msg = str(err.value)
+    assert f"meta.csv: row 3 ({name})" in msg
+    assert "does not exist" in msg and str(root / name) in msg
+
+
+def test_unknown_device_letter(root):
+    # the allowed devices are a parameter: restricting them rejects b
+    with pytest.raises(DatasetError, match=r"row \d+ \(audio/\S+-b\.wav\): unknown device letter 'b'; allowed: a, c"):
+        load_tau(root, devices=("a", "c"))
+    meta = lines(root / "meta.csv")
+    name = meta[2].split("\t")[0]
+    bad = name[:-5] + "d.wav"
+    (root / name).rename(root / bad)
+    meta[2] = meta[2].replace(name, bad)
+    write_lines(root / "meta.csv", meta)
+    with pytest.raises(DatasetError) as err:
+        load_tau(root)
+    msg = str(err.value)
+    assert f"row 2 ({bad})" in msg
+    assert "unknown device letter 'd'; allowed: a, b, c" in msg
+
+
+def test_unknown_scene_label(root):
+    meta = lines(root / "meta.csv")
+    fields = meta[1].split("\t")
+    meta[1] = "\t".join([fields[0], "beach", *fields[2:]])
+    write_lines(root / "meta.csv", meta)
+    with pytest.raises(DatasetError) as err:
+        load_tau(root)
+    assert f"row 1 ({fields[0]})" in str(err.value)
+    assert "unknown scene label 'beach'" in str(err.value)
+
+
+def test_meta_label_disagrees_with_file_name(root):
+    meta = lines(root / "meta.csv")
+    fields = meta[1].split("\t")
+    assert fields[1] == "airport"
+    meta[1] = "\t".join([fields[0], "bus", *fields[2:]])
+    write_lines(root / "meta.csv", meta)
+    with pytest.raises(DatasetError, match=r"row 1 \(audio/airport-.*scene label 'bus' disagrees with the file name's scene 'airport'"):
+        load_tau(root)
+
+
+def test_fold_names_file_not_in_meta(root):
+    fold = root / "evaluation_setup" / "fold1_train.csv"
+    rows = lines(fold)
+    write_lines(fold, rows[:4] + ["audio/bus-paris-999-0-a.wav\tbus"] + rows[4:])
+    with pytest.raises(DatasetError) as err:
+        load_tau(root)
+    msg = str(err.value)
+    assert f"{fold}: row 4 (audio/bus-paris-999-0-a.wav)" in msg
+    assert "not listed in" in msg and "meta.csv" in msg
+
+
+def test_fold_label_mismatch(root):
+    fold = root / "evaluation_setup" / "fold1_evaluate.csv"
+    rows = lines(fold)
+    name = rows[2].split("\t")[0]
+    rows[2] = f"{name}\ttram"
+    write_lines(fold, rows)
+    with pytest.raises(DatasetError) as err:
+        load_tau(root)
+    msg = str(err.value)
+    assert f"{fold}: row 2 ({name})" in msg
+    assert "scene label 'tram' disagrees with meta.csv ('airport')" in msg
+
+
+def test_duplicated_rows(root):
+    meta = lines(root / "meta.csv")
+    write_lines(root / "meta.csv", meta[:6] + [meta[2]] + meta[6:])
+    with pytest.raises(DatasetError) as err:
+        load_tau(root)
+    assert f"meta.csv: row 6: duplicated file {meta[2].split(chr(9))[0]}" in str(err.value)
+
+
+def test_duplicated_fold_rows(root):
+    fold = root / "evaluation_setup" / "fold1_train.csv"
+    rows = lines(fold)
+    write_lines(fold, rows + [rows[1]])
+    with pytest.raises(DatasetError, match=rf"fold1_train.csv: row {len(rows)}: duplicated file {rows[1].split()[0]}"):
+        load_tau(root)
+
+
+def test_file_in_train_and_evaluate(root):
+    train = root / "evaluation_setup" / "fold1_train.csv"
+    evaluate = root / "evaluation_setup" / "fold1_evaluate.csv"
+    first_train = lines(train)[1]
+    write_lines(evaluate, lines(evaluate) + [first_train])
+    n = len(lines(evaluate)) - 1
+    with pytest.raises(DatasetError) as err:
+        load_tau(root)
+    msg = str(err.value)
+    assert f"fold1_evaluate.csv: row {n} ({first_train.split()[0]})" in msg
+    assert "also listed in fold1_train.csv" in msg
