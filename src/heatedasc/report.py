@@ -1,0 +1,229 @@
+"""The paper's artefacts from per-run metrics: Table 2, Table 3, Fig. 3, Fig. 2 and a summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from heatedasc.fileio import atomic_path, write_text
+
+RUN_KEYS = ("correction", "temperature", "loss", "seed", "acc_a", "acc_b", "acc_c", "avg_bc",
+            "params_trainable", "params_keras", "best_epoch", "selection")
+LABELS = {"ref_abc": "Ref.ABC", "ref_bc": "Ref.BC", "none": "NoCorrection"}
+METRICS = {"Dev.A": "acc_a", "Dev.B": "acc_b", "Dev.C": "acc_c", "Avg.BC": "avg_bc"}
+PAPER_KEYS = {"Dev.A": "dev_a", "Dev.B": "dev_b", "Dev.C": "dev_c", "Avg.BC": "avg_bc"}
+
+
+def load_runs(metrics_paths) -> pd.DataFrame:
+    """One row per run; accuracies stay fractions here and become % in the tables."""
+    paths = list(metrics_paths)
+    if not paths:
+        raise ValueError("no training runs found: the report needs at least one results/runs/.../metrics.json")
+    rows = []
+    for p in paths:
+        try:
+            m = json.loads(Path(p).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{p}: unreadable metrics file ({exc})") from exc
+        missing = [k for k in RUN_KEYS if k not in m]
+        if missing:
+            raise ValueError(f"{p}: metrics file lacks key(s) {', '.join(missing)}")
+        row = {k: m[k] for k in RUN_KEYS}
+        row.update(temperature=float(m["temperature"]), acc_overall=m.get("acc_overall"), ece=m.get("ece"), path=str(p))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _agg(values: pd.Series) -> tuple[float, float, int]:
+    v = values.dropna().astype(float) * 100.0
+    n = len(v)
+    return (float(v.mean()) if n else np.nan, float(v.std(ddof=1)) if n > 1 else np.nan, n)
+
+
+def make_table2(runs: pd.DataFrame, *, temperature, paper_table2: dict) -> pd.DataFrame:
+    """Rows per correction; per loss × (Dev.A, Avg.BC): mean, sd (ddof=1), n seeds, paper, diff (%)."""
+    sel = runs[np.isclose(runs["temperature"], float(temperature))]
+    rows = []
+    for corr, label in LABELS.items():
+        row = {"correction": label}
+        for loss in ("focal", "ce"):
+            cell = sel[(sel["correction"] == corr) & (sel["loss"] == loss)]
+            for name in ("Dev.A", "Avg.BC"):
+                mean, sd, n = _agg(cell[METRICS[name]])
+                paper = paper_table2.get(loss, {}).get(corr, {}).get(PAPER_KEYS[name], np.nan)
+                prefix = f"{loss}_{name}"
+                row.update({f"{prefix}_mean": mean, f"{prefix}_sd": sd, f"{prefix}_n": n,
+                            f"{prefix}_paper": paper, f"{prefix}_diff": mean - paper})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def make_table3(runs: pd.DataFrame, *, rows: list, quoted: list, paper_ours: dict) -> pd.DataFrame:
+    out = []
+    for q in quoted:
+        r = {"system": q["system"], "source": "quoted from paper", "params": q.get("params")}
+        for name, key in PAPER_KEYS.items():
+            r[f"{name}_mean"] = q.get(key) if q.get(key) is not None else np.nan
+        out.append(r)
+    for spec in rows:
+        cell = runs[(runs["correction"] == spec["correction"]) & (runs["loss"] == spec["loss"])
+                    & np.isclose(runs["temperature"], float(spec["temperature"]))]
+        paper = paper_ours.get(spec["name"], {})
+        r = {"system": f"Base_model_{spec['name']}", "source": "this reproduction",
+             "params": int(cell["params_keras"].iloc[0]) if len(cell) else np.nan}
+        for name, key in PAPER_KEYS.items():
+            mean, sd, n = _agg(cell[METRICS[name]])
+            p = paper.get(key, np.nan)
+            r.update({f"{name}_mean": mean, f"{name}_sd": sd, f"{name}_n": n, f"{name}_paper": p,
+                      f"{name}_diff": mean - p if p is not None else np.nan})
+        out.append(r)
+    return pd.DataFrame(out)
+
+
+def _fmt(mean, sd=np.nan, n=None) -> str:
+    if mean is None or (isinstance(mean, float) and np.isnan(mean)):
+        return "missing" if n is not None else "–"
+    s = f"{mean:.1f}"
+    if sd is not None and not (isinstance(sd, float) and np.isnan(sd)):
+        s += f" ± {sd:.1f}"
+    return s + (f" ({n})" if n is not None else "")
+
+
+def write_table(df: pd.DataFrame, csv_path, md_path, *, title: str, selection: str | None = None) -> None:
+    """CSV (all columns) and Markdown ("mean ± sd (n seeds)", the paper's value beside each cell)."""
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp, index=False)
+    groups = [c[: -len("_mean")] for c in df.columns if c.endswith("_mean")]
+    first = [c for c in df.columns if not any(c.startswith(g + "_") for g in groups)]
+    header = first + [f"{g} (paper)" if False else g for g in groups]
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in df.iterrows():
+        cells = [str(r[c]) if not (isinstance(r[c], float) and np.isnan(r[c])) else "–" for c in first]
+        for g in groups:
+            n = r.get(f"{g}_n")
+            n = int(n) if n is not None and not (isinstance(n, float) and np.isnan(n)) else None
+            cell = _fmt(r[f"{g}_mean"], r.get(f"{g}_sd", np.nan), n)
+            paper = r.get(f"{g}_paper")
+            if paper is not None and not (isinstance(paper, float) and np.isnan(paper)):
+                cell += f" [paper {paper:g}]"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Accuracies in %, mean ± sd over seeds (number of seeds); [paper x] is the published value."]
+    if selection:
+        lines.append(f"Epochs chosen with selection={selection}"
+                     + (": the test set (fold1_evaluate) chose the epoch, as in the paper — this leaks the test set."
+                        if selection == "test" else "."))
+    write_text(md_path, "\n".join(lines) + "\n")
+
+
+def fig3_data(runs: pd.DataFrame, *, loss: str) -> pd.DataFrame:
+    sel = runs[runs["loss"] == loss]
+    rows = []
+    for (corr, t), g in sel.groupby(["correction", "temperature"]):
+        for name in ("Avg.BC", "Dev.A"):
+            mean, sd, n = _agg(g[METRICS[name]])
+            rows.append({"correction": LABELS.get(corr, corr), "temperature": t, "metric": name,
+                         "mean": mean, "sd": sd, "n": n})
+    return pd.DataFrame(rows, columns=["correction", "temperature", "metric", "mean", "sd", "n"])
+
+
+def plot_fig3(runs, out_png, out_csv, *, out_pdf=None, loss: str, paper_best: dict | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    data = fig3_data(runs, loss=loss)
+    with atomic_path(out_csv) as tmp:
+        data.to_csv(tmp, index=False)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    palette = dict(zip(LABELS.values(), sns.color_palette("colorblind", 3)))
+    for ax, name in zip(axes, ("Avg.BC", "Dev.A")):
+        d = data[data["metric"] == name]
+        for corr, g in d.groupby("correction"):
+            g = g.sort_values("temperature")
+            ax.plot(g["temperature"], g["mean"], marker="o", label=corr, color=palette.get(corr))
+            sd = g["sd"].fillna(0.0)
+            ax.fill_between(g["temperature"], g["mean"] - sd, g["mean"] + sd, alpha=0.2, color=palette.get(corr))
+        if paper_best:
+            key = "avg_bc" if name == "Avg.BC" else "dev_a"
+            ax.scatter([10], [paper_best[key]], marker="*", s=150, color="k", label="paper best (Ref.ABC, T=10)")
+        ax.set_title(f"{name} ({loss} loss)")
+        ax.set_xlabel("temperature T")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    if out_pdf:
+        with atomic_path(out_pdf) as tmp:
+            fig.savefig(tmp, format="pdf")
+    plt.close(fig)
+
+
+def _pca_fit(x: np.ndarray):
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    return mean, vt[:2].T
+
+
+def plot_fig2(embedding_files: dict, out_png, *, class_names) -> None:
+    """PCA (fitted on each T's train embeddings) of GAP outputs: row 1 test, row 2 train, per T."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    temps = list(embedding_files)
+    fig, axes = plt.subplots(2, max(len(temps), 1), figsize=(3.2 * max(len(temps), 1), 6.2), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for j, t in enumerate(temps):
+        f = embedding_files[t]
+        if not f or not Path(f).exists():
+            for i in range(2):
+                axes[i, j].text(0.5, 0.5, f"T={t:g}\nmissing run", ha="center", va="center")
+                axes[i, j].set_axis_off()
+            continue
+        e = np.load(f)
+        mean, basis = _pca_fit(e["train_embeddings"].astype(np.float64))
+        for i, part in enumerate(("test", "train")):
+            z = (e[f"{part}_embeddings"] - mean) @ basis
+            labels = e[f"{part}_labels"]
+            for c, name in enumerate(class_names):
+                m = labels == c
+                axes[i, j].scatter(z[m, 0], z[m, 1], s=4, color=colors(c), label=name)
+            axes[i, j].set_title(f"T={t:g}, {part}")
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+    handles, labs = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labs, loc="lower center", ncol=5, fontsize=7, markerscale=3)
+    fig.suptitle("GAP embeddings, PCA fitted on the train embeddings of each T")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def summary_metrics(runs: pd.DataFrame) -> dict:
+    """A flat summary for `dvc metrics show` (accuracies as fractions)."""
+    out: dict = {"n_runs": int(len(runs))}
+    for corr, g in runs.groupby("correction"):
+        tmin = g["temperature"].min()
+        at = g[g["temperature"] == tmin]
+        by_t = g.groupby("temperature")["avg_bc"].mean()
+        out[corr] = {
+            f"avg_bc_T{tmin:g}": float(at["avg_bc"].mean()),
+            f"acc_a_T{tmin:g}": float(at["acc_a"].mean()),
+            "best_avg_bc": float(by_t.max()),
+            "best_T": float(by_t.idxmax()),
+        }
+    best = runs.loc[runs["avg_bc"].idxmax()]
+    out["best_run"] = {"avg_bc": float(best["avg_bc"]), "acc_a": float(best["acc_a"]),
+                       "temperature": float(best["temperature"]), "seed": int(best["seed"])}
+    return out
