@@ -70,7 +70,8 @@ def sha256_tree(path: str | os.PathLike) -> str:
     """One hash for a folder: sha256 over the sorted (relative path, file hash) pairs."""
     root = Path(path)
     h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+    # Snakemake drops a `.snakemake_timestamp` into directory outputs after the job: not content.
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".snakemake_timestamp"):
         h.update(f"{f.relative_to(root).as_posix()}\0{sha256_file(f)}\n".encode())
     return h.hexdigest()
 
