@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import heatedasc.features as features_module
 from heatedasc.features import (
     LogMelExtractor,
     RunningMeanStd,
@@ -200,7 +202,9 @@ def test_cache_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"bus-rome-1-0-c\.wav: 3000 samples, but other files have 4000"):
         build_feature_cache(manifest, "train", audio, extractor, stats, out, tmp_path / "out" / "train.csv",
                             batch_size=2, progress=False)
-    assert not any((tmp_path / "out").iterdir())  # nothing half-written is left
+    # Nothing half-written is left: no output, no temp file; at most the (empty) resumable parts folder.
+    assert [p.name for p in (tmp_path / "out").iterdir()] in ([], ["train.npy.parts"])
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
     manifest = manifest.iloc[:2]
     build_feature_cache(manifest, "train", audio, extractor, stats, out, tmp_path / "out" / "train.csv",
@@ -208,3 +212,138 @@ def test_cache_errors_name_the_file(tmp_path):
     pd.read_csv(tmp_path / "out" / "train.csv").iloc[:1].to_csv(tmp_path / "out" / "short.csv", index=False)
     with pytest.raises(ValueError, match=r"train\.npy has 2 rows but .*short\.csv lists 1"):
         load_feature_cache(out, tmp_path / "out" / "short.csv")
+
+
+# ------------------------------------------------------------------------------ determinism, resume
+def test_clip_features_do_not_depend_on_batch_pool_or_blocks():
+    """Bit-identical rows whatever the batch composition, thread-pool size or frame-block size."""
+    rng = np.random.default_rng(7)
+    waves = torch.from_numpy(np.stack([coloured_noise(rng, 3 * 44100, dc=0.02) for _ in range(3)]))
+    c = np.exp(np.sin(np.linspace(0, 9, 1025)))
+    extractor = LogMelExtractor(**PAPER, coefficients={"a": np.ones(1025), "b": c})
+    index = torch.tensor([1, 0, 1])
+    batch = extractor(waves, index)
+    singles = torch.cat([extractor(waves[i : i + 1], index[i : i + 1]) for i in range(3)])
+    assert torch.equal(batch, singles)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = extractor(waves, index)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads  # the pool restores the caller's setting
+    assert torch.equal(batch, serial)
+    # The batched (accelerator) formulation gives the same numbers to float32 rounding.
+    torch.testing.assert_close(extractor._forward_batched(waves, index), batch, rtol=1e-4, atol=1e-4)
+    # stft_magnitude is per clip too: a clip alone equals the clip inside a batch.
+    mag = stft_magnitude(waves, n_fft=2048, hop_length=512, remove_dc=True)
+    assert torch.equal(mag[1:2], stft_magnitude(waves[1:2], n_fft=2048, hop_length=512, remove_dc=True))
+
+
+def _resume_fixture(tmp_path):
+    rng = np.random.default_rng(8)
+    spec = [(f"park-lyon-{i}-0", d, "train") for i in range(3) for d in "abc"] + [("bus-oslo-9-0", "a", "train")]
+    manifest, audio = write_dataset(tmp_path, rng, spec, 4000)  # 10 clips
+    n_freqs = SMALL["n_fft"] // 2 + 1
+    extractor = LogMelExtractor(**SMALL, coefficients={d: rng.uniform(0.5, 2.0, n_freqs) for d in "abc"})
+    stats = {"mean": rng.normal(-3, 1, 32), "std": rng.uniform(0.5, 2, 32), "n_frames": 1, "n_files": 1}
+    return manifest, audio, extractor, stats
+
+
+class _Recorder:
+    """Wraps _write_shard / read_wave: records shard row ranges and file reads; can fail after k shards."""
+
+    def __init__(self, monkeypatch, fail_after: int | None = None):
+        self.shards: list[tuple[int, int]] = []
+        self.reads: list[str] = []
+        write, read = features_module._write_shard, features_module.read_wave
+
+        def write_shard(folder, start, feats16):
+            if fail_after is not None and len(self.shards) == fail_after:
+                raise KeyboardInterrupt("simulated kill")
+            self.shards.append((start, start + len(feats16)))
+            return write(folder, start, feats16)
+
+        def read_wave(path, expected_length=None):
+            self.reads.append(Path(path).name)
+            return read(path, expected_length)
+
+        monkeypatch.setattr(features_module, "_write_shard", write_shard)
+        monkeypatch.setattr(features_module, "read_wave", read_wave)
+
+
+def test_feature_cache_resumes_after_a_kill_and_recomputes_only_missing_shards(tmp_path, monkeypatch):
+    manifest, audio, extractor, stats = _resume_fixture(tmp_path)
+    # Reference: one uninterrupted run with other batch/shard sizes (the bytes must not depend on them).
+    ref = build_feature_cache(manifest, "train", audio, extractor, stats, tmp_path / "ref" / "train.npy",
+                              tmp_path / "ref" / "train.csv", batch_size=3, shard_batches=5, progress=False)
+    out, csv = tmp_path / "c" / "train.npy", tmp_path / "c" / "train.csv"
+    kw = dict(batch_size=2, shard_batches=1, progress=False)  # shards of 2 rows: 0-2, 2-4, ..., 8-10
+
+    with monkeypatch.context() as m:
+        killed = _Recorder(m, fail_after=2)
+        with pytest.raises(KeyboardInterrupt):
+            build_feature_cache(manifest, "train", audio, extractor, stats, out, csv, **kw)
+    assert killed.shards == [(0, 2), (2, 4)]
+    assert not out.exists() and not csv.exists()
+    (key_dir,) = (tmp_path / "c" / "train.npy.parts").iterdir()
+    assert sorted(p.name.split(".")[0] for p in key_dir.iterdir()) == ["rows-00000000-00000002",
+                                                                      "rows-00000002-00000004"]
+
+    with monkeypatch.context() as m:
+        rerun = _Recorder(m)
+        info = build_feature_cache(manifest, "train", audio, extractor, stats, out, csv, **kw)
+    assert rerun.shards == [(4, 6), (6, 8), (8, 10)]
+    names = [n.split("/")[1] for n in manifest["filename"]]
+    assert sorted(set(rerun.reads) - {names[0]}) == sorted(names[4:])  # rows 0-3 never read again
+    assert out.read_bytes() == (tmp_path / "ref" / "train.npy").read_bytes()
+    assert info["sha256"] == ref["sha256"] and info["shape"] == ref["shape"]
+    assert not (tmp_path / "c" / "train.npy.parts").exists()
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["train.csv", "train.npy"]
+
+
+def test_corrupt_shard_is_recomputed_and_stale_config_shards_are_not_reused(tmp_path, monkeypatch):
+    manifest, audio, extractor, stats = _resume_fixture(tmp_path)
+    ref = build_feature_cache(manifest, "train", audio, extractor, stats, tmp_path / "ref" / "train.npy",
+                              tmp_path / "ref" / "train.csv", batch_size=2, progress=False)
+    out, csv = tmp_path / "c" / "train.npy", tmp_path / "c" / "train.csv"
+    kw = dict(batch_size=2, shard_batches=1, progress=False)
+    with monkeypatch.context() as m:
+        _Recorder(m, fail_after=4)
+        with pytest.raises(KeyboardInterrupt):
+            build_feature_cache(manifest, "train", audio, extractor, stats, out, csv, **kw)
+    (key_dir,) = (tmp_path / "c" / "train.npy.parts").iterdir()
+    shards = sorted(key_dir.glob("rows-*.npy"))
+    assert len(shards) == 4
+    # Shard 2-4: flip payload bytes (header intact); shard 4-6: truncated; a leftover temp file too.
+    data = bytearray(shards[1].read_bytes())
+    data[-8:] = bytes(8)
+    shards[1].write_bytes(bytes(data))
+    shards[2].write_bytes(shards[2].read_bytes()[:200])
+    (key_dir / ".tmp-rows-00000008-1.npy").write_bytes(b"partial")
+
+    with monkeypatch.context() as m:
+        rerun = _Recorder(m)
+        info = build_feature_cache(manifest, "train", audio, extractor, stats, out, csv, **kw)
+    assert rerun.shards == [(2, 4), (4, 6), (8, 10)]
+    assert info["sha256"] == ref["sha256"]
+    assert out.read_bytes() == (tmp_path / "ref" / "train.npy").read_bytes()
+
+    # Shards left by a different configuration (other stats) are never used: everything is recomputed.
+    out.unlink()
+    with monkeypatch.context() as m:
+        _Recorder(m, fail_after=3)
+        with pytest.raises(KeyboardInterrupt):
+            build_feature_cache(manifest, "train", audio, extractor, stats, out, csv, **kw)
+    other = dict(stats, mean=stats["mean"] + 0.5)
+    with monkeypatch.context() as m:
+        rerun = _Recorder(m)
+        info = build_feature_cache(manifest, "train", audio, extractor, other, out, csv, **kw)
+    assert rerun.shards == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    assert info["sha256"] != ref["sha256"]
+    # Likewise a changed manifest row (another device => another filterbank) changes the key.
+    changed = manifest.copy()
+    changed.loc[0, "device"] = "b"
+    assert features_module.cache_key(changed[changed.split == "train"].reset_index(drop=True), extractor,
+                                     stats, 4000) != features_module.cache_key(
+        manifest[manifest.split == "train"].reset_index(drop=True), extractor, stats, 4000)
