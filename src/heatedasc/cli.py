@@ -11,8 +11,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="heatedasc", description=__doc__)
     parser.add_argument(
         "command",
-        choices=["synth", "lineage"],
-        help="synth: write a synthetic TAU-layout dataset; lineage: audit where a result came from",
+        choices=["synth", "lineage", "report"],
+        help="synth: write a synthetic TAU-layout dataset; lineage: audit where a result came from; "
+        "report: render every table, figure and the HTML report from the runs that exist",
     )
     args, rest = parser.parse_known_args(argv[:1])
     rest = argv[1:]
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         from heatedasc.lineage import main as lineage_main
 
         return lineage_main(rest)
+    if args.command == "report":
+        from heatedasc.report_render import main as report_main
+
+        return report_main(rest)
     return 2
 
 

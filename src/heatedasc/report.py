@@ -32,9 +32,32 @@ def load_runs(metrics_paths) -> pd.DataFrame:
         if missing:
             raise ValueError(f"{p}: metrics file lacks key(s) {', '.join(missing)}")
         row = {k: m[k] for k in RUN_KEYS}
-        row.update(temperature=float(m["temperature"]), acc_overall=m.get("acc_overall"), ece=m.get("ece"), path=str(p))
+        row.update(temperature=float(m["temperature"]), seed=int(m["seed"]), acc_overall=m.get("acc_overall"),
+                   ece=m.get("ece"), selection_note=m.get("selection_note"), confusion=m.get("confusion"),
+                   class_acc=m.get("class_acc"), path=str(p), run_dir=str(Path(p).parent))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def select_cell(runs: pd.DataFrame, *, correction: str, temperature, loss: str) -> pd.DataFrame:
+    """The runs (one per seed) of one (correction, T, loss) cell; empty if none has run."""
+    return runs[(runs["correction"] == correction) & (runs["loss"] == loss)
+                & np.isclose(runs["temperature"].astype(float), float(temperature))]
+
+
+def selection_note(runs: pd.DataFrame) -> str:
+    """One paragraph on how the epochs were chosen; says so loudly when the test set chose them."""
+    selections = sorted(set(runs["selection"].astype(str)))
+    notes = sorted({str(n) for n in runs["selection_note"].dropna()}) if "selection_note" in runs else []
+    head = f"Model selection: train.selection={', '.join(selections)}"
+    if len(selections) > 1:
+        head += " (mixed across runs)"
+    if "test" in selections:
+        head += ". The paper's `test` selection leaks the test set"
+        if not notes:
+            head += (": fold1_evaluate chose the epoch (and drove the learning-rate schedule), so the accuracies "
+                     "are optimistic")
+    return head + "." + "".join(" " + n for n in notes)
 
 
 def _agg(values: pd.Series) -> tuple[float, float, int]:
@@ -45,12 +68,11 @@ def _agg(values: pd.Series) -> tuple[float, float, int]:
 
 def make_table2(runs: pd.DataFrame, *, temperature, paper_table2: dict) -> pd.DataFrame:
     """Rows per correction; per loss × (Dev.A, Avg.BC): mean, sd (ddof=1), n seeds, paper, diff (%)."""
-    sel = runs[np.isclose(runs["temperature"], float(temperature))]
     rows = []
     for corr, label in LABELS.items():
         row = {"correction": label}
         for loss in ("focal", "ce"):
-            cell = sel[(sel["correction"] == corr) & (sel["loss"] == loss)]
+            cell = select_cell(runs, correction=corr, temperature=temperature, loss=loss)
             for name in ("Dev.A", "Avg.BC"):
                 mean, sd, n = _agg(cell[METRICS[name]])
                 paper = paper_table2.get(loss, {}).get(corr, {}).get(PAPER_KEYS[name], np.nan)
@@ -66,56 +88,106 @@ def make_table3(runs: pd.DataFrame, *, rows: list, quoted: list, paper_ours: dic
     for q in quoted:
         r = {"system": q["system"], "source": "quoted from paper", "params": q.get("params")}
         for name, key in PAPER_KEYS.items():
-            r[f"{name}_mean"] = q.get(key) if q.get(key) is not None else np.nan
+            # a quoted system's own numbers: no seeds, no paper column beside them (they ARE the paper's)
+            r.update({f"{name}_mean": q.get(key) if q.get(key) is not None else np.nan, f"{name}_sd": np.nan,
+                      f"{name}_n": None, f"{name}_paper": np.nan, f"{name}_diff": np.nan})
         out.append(r)
     for spec in rows:
-        cell = runs[(runs["correction"] == spec["correction"]) & (runs["loss"] == spec["loss"])
-                    & np.isclose(runs["temperature"], float(spec["temperature"]))]
+        cell = select_cell(runs, correction=spec["correction"], temperature=spec["temperature"], loss=spec["loss"])
         paper = paper_ours.get(spec["name"], {})
         r = {"system": f"Base_model_{spec['name']}", "source": "this reproduction",
              "params": int(cell["params_keras"].iloc[0]) if len(cell) else np.nan}
         for name, key in PAPER_KEYS.items():
             mean, sd, n = _agg(cell[METRICS[name]])
             p = paper.get(key, np.nan)
+            p = np.nan if p is None else p
             r.update({f"{name}_mean": mean, f"{name}_sd": sd, f"{name}_n": n, f"{name}_paper": p,
-                      f"{name}_diff": mean - p if p is not None else np.nan})
+                      f"{name}_diff": mean - p})
         out.append(r)
-    return pd.DataFrame(out)
+    df = pd.DataFrame(out)
+    df["params"] = pd.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else int(v)
+                             for v in df["params"]], dtype="Int64")
+    return df
 
 
-def _fmt(mean, sd=np.nan, n=None) -> str:
-    if mean is None or (isinstance(mean, float) and np.isnan(mean)):
-        return "missing" if n is not None else "–"
+def _isnan(v) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v))
+
+
+def format_cell(mean, sd=np.nan, n=None) -> str:
+    """"mean ± sd (n)" in %; a reproduction cell without runs is "missing" (never 0); a blank quoted cell "–"."""
+    if n is not None and not _isnan(n) and int(n) == 0:
+        return "missing"
+    if _isnan(mean):
+        return "–"
     s = f"{mean:.1f}"
-    if sd is not None and not (isinstance(sd, float) and np.isnan(sd)):
+    if not _isnan(sd):
         s += f" ± {sd:.1f}"
-    return s + (f" ({n})" if n is not None else "")
+    return s + (f" ({int(n)})" if n is not None and not _isnan(n) else "")
+
+
+def _format_plain(value) -> str:
+    if _isnan(value):
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+    return str(value)
+
+
+def _format_paper(v) -> str:
+    """A published number as printed: 72.0 stays 72.0, 70.27 keeps its two decimals."""
+    return f"{v:.1f}" if round(float(v), 1) == float(v) else f"{v:g}"
+
+
+def table_cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted rows of a result table: per metric group the reproduction ("mean ± sd (n)"),
+    the paper's value and the difference (reproduction − paper, percentage points)."""
+    groups = [c[: -len("_mean")] for c in df.columns if c.endswith("_mean")]
+    first = [c for c in df.columns if not any(c.startswith(g + "_") for g in groups)]
+    header = list(first)
+    for g in groups:
+        header += [g.replace("_", " "), f"{g.replace('_', ' ')} paper", "Δ"]
+    rows = []
+    for _, r in df.iterrows():
+        ours = r.get("source") == "this reproduction"
+        cells = ["missing" if ours and c == "params" and _isnan(r[c]) else _format_plain(r[c]) for c in first]
+        for g in groups:
+            n = r.get(f"{g}_n")
+            cells.append(format_cell(r[f"{g}_mean"], r.get(f"{g}_sd", np.nan), None if _isnan(n) else n))
+            paper, diff = r.get(f"{g}_paper"), r.get(f"{g}_diff")
+            cells.append("–" if _isnan(paper) else _format_paper(paper))
+            cells.append("–" if _isnan(diff) else f"{diff:+.1f}")
+        rows.append(cells)
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    esc = lambda c: str(c).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
+    return lines
 
 
 def write_table(df: pd.DataFrame, csv_path, md_path, *, title: str, selection: str | None = None) -> None:
-    """CSV (all columns) and Markdown ("mean ± sd (n seeds)", the paper's value beside each cell)."""
+    """CSV (every column, missing cells empty with n = 0) and Markdown ("mean ± sd (n seeds)", the paper's
+    value and the difference beside each cell). `selection` is the selection note printed under it."""
+    out = df.copy()
+    for c in out.columns:
+        if c.endswith("_n"):
+            out[c] = pd.array([None if _isnan(v) else int(v) for v in out[c]], dtype="Int64")
     with atomic_path(csv_path) as tmp:
-        df.to_csv(tmp, index=False)
-    groups = [c[: -len("_mean")] for c in df.columns if c.endswith("_mean")]
-    first = [c for c in df.columns if not any(c.startswith(g + "_") for g in groups)]
-    header = first + [f"{g} (paper)" if False else g for g in groups]
-    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, r in df.iterrows():
-        cells = [str(r[c]) if not (isinstance(r[c], float) and np.isnan(r[c])) else "–" for c in first]
-        for g in groups:
-            n = r.get(f"{g}_n")
-            n = int(n) if n is not None and not (isinstance(n, float) and np.isnan(n)) else None
-            cell = _fmt(r[f"{g}_mean"], r.get(f"{g}_sd", np.nan), n)
-            paper = r.get(f"{g}_paper")
-            if paper is not None and not (isinstance(paper, float) and np.isnan(paper)):
-                cell += f" [paper {paper:g}]"
-            cells.append(cell)
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Accuracies in %, mean ± sd over seeds (number of seeds); [paper x] is the published value."]
+        out.to_csv(tmp, index=False)
+    header, rows = table_cells(df)
+    lines = [f"# {title}", ""] + markdown_table(header, rows)
+    lines += ["", "Accuracies in %: mean ± sd over seeds (number of seeds); \"missing\" = no run of that cell; "
+              "paper = the published value (SPEC §9); Δ = reproduction − paper, in percentage points."]
+    if "source" in df.columns and (df["source"] == "quoted from paper").any():
+        lines.append("Rows with source \"quoted from paper\" are other systems' numbers as the paper quotes them; "
+                     "they were not rerun here.")
     if selection:
-        lines.append(f"Epochs chosen with selection={selection}"
-                     + (": the test set (fold1_evaluate) chose the epoch, as in the paper — this leaks the test set."
-                        if selection == "test" else "."))
+        lines += ["", selection]
     write_text(md_path, "\n".join(lines) + "\n")
 
 
@@ -130,7 +202,10 @@ def fig3_data(runs: pd.DataFrame, *, loss: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["correction", "temperature", "metric", "mean", "sd", "n"])
 
 
-def plot_fig3(runs, out_png, out_csv, *, out_pdf=None, loss: str, paper_best: dict | None = None) -> None:
+def plot_fig3(runs, out_png, out_csv, *, out_pdf=None, loss: str, paper_best: dict | None = None,
+              paper_best_label: str = "paper best") -> None:
+    """Accuracy against T per correction, mean ± sd band over seeds. `paper_best` (SPEC §9, %) holds
+    `temperature`, `avg_bc` and `dev_a` of the paper's best row, drawn as a star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,7 +226,8 @@ def plot_fig3(runs, out_png, out_csv, *, out_pdf=None, loss: str, paper_best: di
             ax.fill_between(g["temperature"], g["mean"] - sd, g["mean"] + sd, alpha=0.2, color=palette.get(corr))
         if paper_best:
             key = "avg_bc" if name == "Avg.BC" else "dev_a"
-            ax.scatter([10], [paper_best[key]], marker="*", s=150, color="k", label="paper best (Ref.ABC, T=10)")
+            ax.scatter([paper_best["temperature"]], [paper_best[key]], marker="*", s=150, color="k",
+                       label=paper_best_label)
         ax.set_title(f"{name} ({loss} loss)")
         ax.set_xlabel("temperature T")
         ax.set_ylabel("accuracy (%)")
@@ -223,7 +299,8 @@ def summary_metrics(runs: pd.DataFrame) -> dict:
             "best_avg_bc": float(by_t.max()),
             "best_T": float(by_t.idxmax()),
         }
-    best = runs.loc[runs["avg_bc"].idxmax()]
-    out["best_run"] = {"avg_bc": float(best["avg_bc"]), "acc_a": float(best["acc_a"]),
-                       "temperature": float(best["temperature"]), "seed": int(best["seed"])}
+    if runs["avg_bc"].notna().any():
+        best = runs.loc[runs["avg_bc"].idxmax()]
+        out["best_run"] = {"avg_bc": float(best["avg_bc"]), "acc_a": float(best["acc_a"]),
+                           "temperature": float(best["temperature"]), "seed": int(best["seed"])}
     return out

@@ -32,6 +32,15 @@ PATHS = {
     "fig3_csv": "results/figures/fig3.csv",
     "fig2": "results/figures/fig2.png",
     "summary": "results/metrics.json",
+    # Beyond the paper (heatedasc.report_extras) and the HTML report (heatedasc.report_html).
+    "calibration": "results/tables/calibration.csv",
+    "calibration_md": "results/tables/calibration.md",
+    "reliability": "results/figures/reliability.png",
+    "confusion": "results/figures/confusion.png",
+    "confusion_csv": "results/tables/confusion.csv",
+    "significance": "results/tables/significance.csv",
+    "significance_md": "results/tables/significance.md",
+    "report_html": "results/report.html",
     # One provenance record per job (heatedasc.provenance.record_job), read by `heatedasc lineage`.
     "prepare_prov": "results/prepared/provenance.json",
     "mean_spectra_prov": "results/coefficients/mean_spectra.provenance.json",
@@ -42,6 +51,10 @@ PATHS = {
     "fig3_prov": "results/figures/fig3.provenance.json",
     "fig2_prov": "results/figures/fig2.provenance.json",
     "coefficient_plot_prov": "results/figures/coefficients.provenance.json",
+    "calibration_prov": "results/tables/calibration.provenance.json",
+    "confusion_prov": "results/figures/confusion.provenance.json",
+    "significance_prov": "results/tables/significance.provenance.json",
+    "report_html_prov": "results/report.provenance.json",
 }
 RUN_FILES = ("metrics.json", "history.csv", "model.pt", "embeddings.npz", "predictions.npz", "provenance.json")
 
@@ -118,6 +131,14 @@ def report_outputs():
         path("fig2"),
         path("summary"),
         path("coefficient_plot"),
+        path("calibration"),
+        path("calibration_md"),
+        path("reliability"),
+        path("confusion"),
+        path("confusion_csv"),
+        path("significance"),
+        path("significance_md"),
+        path("report_html"),
     ]
 
 

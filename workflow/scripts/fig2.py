@@ -2,10 +2,9 @@
 
 from heatedasc.logutil import job_logging
 from heatedasc.provenance import record_job
-from heatedasc.report import plot_fig2
-from heatedasc.tau import SCENES
+from heatedasc.report_render import render_fig2
 
 with job_logging(snakemake.log[0], "heatedasc.fig2"):
     files = {float(t): snakemake.input.get(f"T{t}") for t in snakemake.params.temperatures}
-    plot_fig2(files, snakemake.output.out, class_names=list(SCENES))
+    render_fig2(files, dict(snakemake.output.items()))
     record_job(snakemake, "fig2")

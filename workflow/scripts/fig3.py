@@ -2,10 +2,10 @@
 
 from heatedasc.logutil import job_logging
 from heatedasc.provenance import record_job
-from heatedasc.report import load_runs, plot_fig3
+from heatedasc.report import load_runs
+from heatedasc.report_render import render_fig3
 
 with job_logging(snakemake.log[0], "heatedasc.fig3"):
-    cfg, paper, out = snakemake.params.report, snakemake.params.paper, snakemake.output
     runs = load_runs(list(snakemake.input.metrics))
-    plot_fig3(runs, out.png, out.csv, out_pdf=out.pdf, loss=cfg["fig3_loss"], paper_best=paper["table3_ours"]["Ref.ABC_T10"])
+    render_fig3(runs, snakemake.params.report, snakemake.params.paper, dict(snakemake.output.items()))
     record_job(snakemake, "fig3")

@@ -1,0 +1,310 @@
+"""The report stage from hand-made per-run outputs: exact table cells, the paper's numbers, figures for a
+partial grid, paired significance, calibration, confusion sums, the no-runs error and the HTML report."""
+
+import base64
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+from heatedasc import report as rp
+from heatedasc import report_extras as rx
+from heatedasc import report_render as rr
+
+SCENES = 10
+DEVICES = ("a", "b", "c")
+
+
+def base_config() -> dict:
+    cfg = yaml.safe_load((REPO / "params.yaml").read_text())
+    cfg["sweep"] = {"correction": ["ref_abc", "ref_bc", "none"], "temperature": [1, 10], "loss": ["focal", "ce"],
+                    "seed": [0, 1, 2]}
+    cfg["report"]["fig2_temperatures"] = [1, 10]
+    return cfg
+
+
+def confusion_for(seed: int, device: str) -> list:
+    mat = np.zeros((SCENES, SCENES), dtype=int)
+    np.fill_diagonal(mat, seed + 1 + DEVICES.index(device))
+    mat[0, 1] = 1
+    return mat.tolist()
+
+
+def write_run(results: Path, correction, t, loss, seed, *, acc_a, acc_b, acc_c, ece=0.1, extras=True) -> Path:
+    run = results / "runs" / correction / f"T{t}" / loss / f"seed{seed}"
+    run.mkdir(parents=True)
+    metrics = {"correction": correction, "temperature": float(t), "loss": loss, "seed": seed,
+               "acc_a": acc_a, "acc_b": acc_b, "acc_c": acc_c, "avg_bc": (acc_b + acc_c) / 2, "acc_overall": acc_a,
+               "ece": ece, "params_trainable": 70538, "params_keras": 70954, "best_epoch": 3, "selection": "test",
+               "selection_note": "The epoch was chosen by the test set.",
+               "confusion": {d: confusion_for(seed, d) for d in DEVICES},
+               "class_acc": {f"s{k}": 0.5 for k in range(SCENES)}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    if extras:
+        rng = np.random.default_rng(seed)
+        n = 60
+        logits = rng.normal(size=(n, SCENES)).astype(np.float32)
+        z = logits / float(t)
+        probs = np.exp(z - z.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        labels = rng.integers(0, SCENES, n)
+        np.savez(run / "predictions.npz", logits=logits, probs=probs.astype(np.float32), labels=labels,
+                 devices=np.array(list(DEVICES) * (n // 3)), filenames=np.array([f"f{i}" for i in range(n)]))
+        emb = rng.normal(size=(40, 64)).astype(np.float32)
+        np.savez(run / "embeddings.npz", train_embeddings=emb, train_labels=rng.integers(0, SCENES, 40),
+                 test_embeddings=emb[:20], test_labels=rng.integers(0, SCENES, 20))
+        prov = {"stage": "train", "created": "2026-01-01T00:00:00+00:00",
+                "wildcards": {"correction": correction, "temperature": str(t), "loss": loss, "seed": str(seed)},
+                "inputs": {"train": {"results/features/x/train.npy": "a1" * 32},
+                           "evaluate": {"results/features/x/evaluate.npy": "b2" * 32}},
+                "code": {"git_commit": "c0ffee" * 6 + "abcd", "git_dirty": False},
+                "slurm": {"slurm_job_id": f"99{seed}"}, "host": {"hostname": "node7"}}
+        (run / "provenance.json").write_text(json.dumps(prov))
+    return run
+
+
+# A partial grid: ref_abc at T=1 (3 seeds, both losses) and T=10 (focal, 3 seeds); none at T=1 focal
+# (2 seeds); ref_bc never ran. Accuracies chosen so the expected cells are easy to compute by hand.
+ACC = {
+    ("ref_abc", 1, "focal"): [(0.70, 0.60, 0.70), (0.72, 0.64, 0.72), (0.74, 0.62, 0.74)],
+    ("ref_abc", 1, "ce"): [(0.71, 0.60, 0.60), (0.71, 0.60, 0.60), (0.71, 0.60, 0.60)],
+    ("ref_abc", 10, "focal"): [(0.75, 0.70, 0.76), (0.73, 0.72, 0.76), (0.74, 0.71, 0.78)],
+    ("none", 1, "focal"): [(0.70, 0.50, 0.52), (0.72, 0.54, 0.56)],
+}
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory):
+    results = tmp_path_factory.mktemp("rep") / "results"
+    for (c, t, loss), seeds in ACC.items():
+        for seed, (a, b, cc) in enumerate(seeds):
+            write_run(results, c, t, loss, seed, acc_a=a, acc_b=b, acc_c=cc, ece=0.05 * (seed + 1))
+    # a run that left only its metrics.json (no predictions, embeddings or provenance record)
+    write_run(results, "ref_bc", 10, "ce", 0, acc_a=0.5, acc_b=0.5, acc_c=0.5, extras=False)
+    cfg = base_config()
+    out = rr.render_all(results, cfg)
+    return results, cfg, out
+
+
+def test_table2_cells_are_mean_sd_n_over_seeds_and_missing_is_never_zero(partial):
+    results, _, _ = partial
+    t2 = pd.read_csv(results / "tables" / "table2.csv").set_index("correction")
+    abc = t2.loc["Ref.ABC"]
+    assert abc["focal_Dev.A_mean"] == pytest.approx(72.0)
+    assert abc["focal_Dev.A_sd"] == pytest.approx(2.0)  # ddof=1: values 70, 72, 74
+    assert abc["focal_Dev.A_n"] == 3
+    # Avg.BC per seed: 65, 68, 68 -> mean 67, sd sqrt(3)
+    assert abc["focal_Avg.BC_mean"] == pytest.approx(67.0)
+    assert abc["focal_Avg.BC_sd"] == pytest.approx(math.sqrt(3.0))
+    assert abc["focal_Avg.BC_diff"] == pytest.approx(67.0 - 67.6)
+    assert abc["ce_Dev.A_sd"] == pytest.approx(0.0) and abc["ce_Dev.A_n"] == 3
+    none = t2.loc["NoCorrection"]
+    assert none["focal_Dev.A_mean"] == pytest.approx(71.0) and none["focal_Dev.A_n"] == 2
+    assert none["focal_Dev.A_sd"] == pytest.approx(math.sqrt(2.0))
+    assert none["ce_Dev.A_n"] == 0 and math.isnan(none["ce_Dev.A_mean"])  # empty, not 0
+    bc = t2.loc["Ref.BC"]
+    assert all(bc[f"{l}_{m}_n"] == 0 for l in ("focal", "ce") for m in ("Dev.A", "Avg.BC"))
+    assert all(math.isnan(bc[f"{l}_{m}_mean"]) for l in ("focal", "ce") for m in ("Dev.A", "Avg.BC"))
+
+    md = (results / "tables" / "table2.md").read_text()
+    abc_row = next(l for l in md.splitlines() if l.startswith("| Ref.ABC |"))
+    assert "| 72.0 ± 2.0 (3) | 72.3 | -0.3 |" in abc_row
+    assert "| 67.0 ± 1.7 (3) | 67.6 | -0.6 |" in abc_row
+    bc_row = next(l for l in md.splitlines() if l.startswith("| Ref.BC |"))
+    assert bc_row.count("missing") == 4 and " 0.0" not in bc_row
+    assert "leaks the test set" in md
+
+
+def test_table3_quoted_rows_and_reproduction_rows(partial):
+    results, _, _ = partial
+    t3 = pd.read_csv(results / "tables" / "table3.csv")
+    quoted = t3[t3["source"] == "quoted from paper"]
+    assert len(quoted) == 7 and (t3["source"] == "this reproduction").sum() == 5
+    t10 = t3[t3["system"] == "Base_model_Ref.ABC_T10"].iloc[0]
+    assert t10["Dev.A_mean"] == pytest.approx(74.0) and t10["Dev.A_sd"] == pytest.approx(1.0)
+    assert t10["Dev.C_mean"] == pytest.approx(76.6666667) and t10["Dev.C_n"] == 3
+    assert t10["params"] == 70954
+    t15 = t3[t3["system"] == "Base_model_Ref.ABC_T15"].iloc[0]
+    assert t15["Avg.BC_n"] == 0 and math.isnan(t15["Avg.BC_mean"])
+    md = (results / "tables" / "table3.md").read_text()
+    t15_row = next(l for l in md.splitlines() if "Ref.ABC_T15" in l)
+    assert t15_row.count("missing") == 5  # params + 4 metrics
+    assert "| DCASE2019 baseline | quoted from paper |" in md
+
+
+# SPEC §9, typed in from the spec (not read from params.yaml): the tables must print exactly these.
+SPEC_TABLE2 = {("Ref.ABC", "focal"): (72.3, 67.6), ("Ref.BC", "focal"): (70.27, 65.9), ("NoCorrection", "focal"): (71.6, 58.6),
+               ("Ref.ABC", "ce"): (72.1, 67.3), ("Ref.BC", "ce"): (72.0, 66.4), ("NoCorrection", "ce"): (70.4, 58.4)}
+SPEC_TABLE3_OURS = {"Ref.ABC_T10": (73.4, 66.5, 73.7, 70.1), "Ref.ABC_T15": (72.3, 66.9, 72.6, 69.7),
+                    "Ref.BC_T30": (72.2, 65.9, 72.8, 69.4), "NoCorrection_T1": (71.6, 58.0, 59.3, 58.6),
+                    "NoCorrection_T20": (72.8, 60.9, 63.0, 62.0)}
+SPEC_TABLE3_QUOTED = {"DCASE2019 baseline": (61.9, 39.6, 43.1, 41.4, None),
+                      "Base_model_Kosmider_SRPOL": (72.0, None, None, 70.0, 70954),
+                      "McDonnell_USA_task1b_3": (None, None, None, 66.3, 6e6), "Primus_CPJKU_task1b_4": (None, None, None, 65.1, 26e6),
+                      "LamPham_KentGroup_task1b_1": (None, 55.3, 62.3, 58.8, 6e6), "Song_HIT_task1b_3": (None, None, None, 70.3, 68e6),
+                      "Jiang_UESTC_task1b_2": (None, None, None, 64.2, 1e6)}
+
+
+def _same(v, expected):
+    return math.isnan(v) if expected is None else v == pytest.approx(expected)
+
+
+def test_paper_numbers_in_the_tables_are_those_of_spec_section_9(partial):
+    results, _, _ = partial
+    t2 = pd.read_csv(results / "tables" / "table2.csv").set_index("correction")
+    for (corr, loss), (dev_a, avg_bc) in SPEC_TABLE2.items():
+        assert t2.loc[corr, f"{loss}_Dev.A_paper"] == pytest.approx(dev_a), (corr, loss)
+        assert t2.loc[corr, f"{loss}_Avg.BC_paper"] == pytest.approx(avg_bc), (corr, loss)
+    t3 = pd.read_csv(results / "tables" / "table3.csv").set_index("system")
+    for name, values in SPEC_TABLE3_OURS.items():
+        got = [t3.loc[f"Base_model_{name}", f"{m}_paper"] for m in ("Dev.A", "Dev.B", "Dev.C", "Avg.BC")]
+        assert got == pytest.approx(list(values)), name
+    for name, (a, b, c, bc, params) in SPEC_TABLE3_QUOTED.items():
+        row = t3.loc[name]
+        for col, exp in zip(("Dev.A_mean", "Dev.B_mean", "Dev.C_mean", "Avg.BC_mean", "params"), (a, b, c, bc, params)):
+            assert _same(float(row[col]), exp), (name, col)
+    md = (results / "tables" / "table2.md").read_text()
+    assert "| 70.27 |" in md  # printed as published
+
+
+def test_every_artefact_is_rendered_for_a_partial_grid(partial):
+    results, _, out = partial
+    assert set(out) == set(rr.ARTEFACTS)
+    for key, p in out.items():
+        assert Path(p).stat().st_size > 0, key
+        if p.endswith(".png"):
+            assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
+    cal = (results / "tables" / "calibration.md").read_text()
+    ref_bc = next(l for l in cal.splitlines() if l.startswith("| focal | Ref.BC |"))
+    assert ref_bc.count("missing") == 2
+
+
+def test_artefact_paths_match_the_workflow_path_scheme():
+    text = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    paths = dict(re.findall(r'^\s*"(\w+)":\s*"([^"]+)"', text, flags=re.M))
+    for key, rel in rr.ARTEFACTS.items():
+        assert paths.get(key) == "results/" + rel, key
+        assert f'path("{key}")' in text or key in ("fig3_pdf",), key  # in report_outputs() (pdf via the rule)
+
+
+def test_calibration_table_and_ece_match_the_training_definition(partial, tmp_path):
+    from heatedasc.train import expected_calibration_error
+
+    results, _, _ = partial
+    cal = pd.read_csv(results / "tables" / "calibration.csv")
+    row = cal[(cal["correction"] == "ref_abc") & (cal["temperature"] == 1) & (cal["loss"] == "focal")].iloc[0]
+    assert row["ece_mean"] == pytest.approx(10.0) and row["ece_sd"] == pytest.approx(5.0) and row["n"] == 3
+    assert row["n_pooled_runs"] == 3
+    bare = cal[(cal["correction"] == "ref_bc") & (cal["temperature"] == 10) & (cal["loss"] == "ce")].iloc[0]
+    assert bare["n"] == 1 and bare["n_pooled_runs"] == 0 and math.isnan(bare["ece_pooled"])
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(SCENES) * 0.3, size=500)
+    labels = rng.integers(0, SCENES, 500)
+    assert rx.ece_from_bins(rx.reliability_bins(probs, labels)) == pytest.approx(expected_calibration_error(probs, labels))
+
+
+def test_confusion_matrices_are_summed_over_seeds(partial):
+    results, _, _ = partial
+    conf = pd.read_csv(results / "tables" / "confusion.csv")
+    t10 = conf[conf["name"] == "Ref.ABC_T10"]
+    assert set(t10["device"]) == set(DEVICES) and t10["n_seeds"].iloc[0] == 3
+    # diagonal per seed s and device d: s + 1 + index(d); seeds 0, 1, 2 -> 6 + 3 * index(d)
+    for d in DEVICES:
+        diag = t10[(t10["device"] == d) & (t10["true"] == t10["predicted"])]["count"]
+        assert set(diag) == {6 + 3 * DEVICES.index(d)}
+        off = t10[(t10["device"] == d) & (t10["true"] != t10["predicted"])]["count"]
+        assert off.sum() == 3  # one [0, 1] error per seed
+    # NoCorrection_T1 ran 2 seeds
+    assert conf[conf["name"] == "NoCorrection_T1"]["n_seeds"].iloc[0] == 2
+
+
+def test_paired_significance_equals_a_hand_computation():
+    idx = [0, 1, 2]
+    a = pd.Series([70.0, 74.0, 72.0], index=idx)
+    b = pd.Series([60.0, 66.0, 61.0, 99.0], index=idx + [3])  # seed 3 has no partner: not paired
+    res = rx.paired_difference(a, b, confidence=0.95)
+    diffs = [10.0, 8.0, 11.0]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    half = 4.302652729911275 * sd / math.sqrt(3)  # t_{0.975, 2}
+    assert res["n_pairs"] == 3 and res["seeds"] == "0 1 2"
+    assert res["mean_diff"] == pytest.approx(mean)
+    assert res["sd_diff"] == pytest.approx(sd)
+    assert (res["ci_low"], res["ci_high"]) == pytest.approx((mean - half, mean + half))
+    assert res["verdict"].startswith("A > B")
+    wide = rx.paired_difference(pd.Series([70.0, 60.0], index=[0, 1]), pd.Series([65.0, 64.0], index=[0, 1]))
+    assert wide["verdict"].startswith("not significant")
+    one = rx.paired_difference(pd.Series([70.0], index=[0]), pd.Series([60.0, 61.0], index=[1, 2]))
+    assert one["verdict"] == "not resolvable (n=0)"
+    one = rx.paired_difference(pd.Series([70.0], index=[0]), pd.Series([60.0], index=[0]))
+    assert one["verdict"] == "not resolvable (n=1)" and one["mean_diff"] == pytest.approx(10.0)
+
+
+def test_t_table_fallback_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df, t in enumerate(rx._T975, start=1):
+        assert t == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3)
+    assert rx.t_quantile(0.95, 2) == pytest.approx(4.302652729911275)
+
+
+def test_significance_table_pairs_the_configured_comparisons(partial):
+    results, cfg, _ = partial
+    sig = pd.read_csv(results / "tables" / "significance.csv").set_index("comparison")
+    assert list(sig.index) == [c["name"] for c in cfg["report"]["comparisons"]]
+    abc_vs_none = sig.loc["spectrum correction (Ref.ABC) vs none"]
+    # seeds 0, 1 in both; Avg.BC ref_abc 65, 68; none 51, 55 -> diffs 14, 13
+    assert abc_vs_none["n_pairs"] == 2 and abc_vs_none["mean_diff"] == pytest.approx(13.5)
+    assert abc_vs_none["sd_diff"] == pytest.approx(math.sqrt(0.5))
+    assert sig.loc["spectrum correction (Ref.BC) vs none", "verdict"] == "not resolvable (n=0)"
+    md = (results / "tables" / "significance.md").read_text()
+    assert "not resolvable (n=0)" in md and "+13.5" in md
+
+
+def test_no_runs_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "results" / "runs").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no training runs found"):
+        rr.discover_runs(tmp_path / "results")
+    from heatedasc.cli import main
+
+    code = main(["report", "--results", str(tmp_path / "results"), "--configfile", str(REPO / "params.yaml")])
+    assert code == 2
+    assert "no training runs found" in capsys.readouterr().out
+    assert not (tmp_path / "results" / "tables").exists()
+
+
+def test_cli_rejects_a_bad_config_naming_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"report": {"confidence": 2}}))
+    from heatedasc.cli import main
+
+    assert main(["report", "--results", str(tmp_path), "--configfile", str(REPO / "params.yaml"), str(bad)]) == 2
+    assert "report.confidence" in capsys.readouterr().out
+
+
+def test_html_report_contains_every_artefact(partial):
+    results, cfg, out = partial
+    page = Path(out["report_html"]).read_text()
+    for key in ("fig3", "fig2", "reliability", "confusion"):
+        b64 = base64.b64encode(Path(out[key]).read_bytes()).decode()
+        assert f'<section id="{key}">' in page and b64 in page, key
+    for key in ("table2_md", "table3_md", "calibration_md", "significance_md"):
+        assert f'<section id="{key}">' in page, key
+    assert "<td>72.0 ± 2.0 (3)</td>" in page  # a Table 2 cell
+    assert "Base_model_Ref.ABC_T10" in page and "quoted from paper" in page
+    assert "spectrum correction (Ref.ABC) vs none" in page
+    assert "leaks the test set" in page
+    assert '<section id="config">' in page and "comparisons:" in page and "fig3_loss: focal" in page
+    lineage = page.split('<section id="lineage">', 1)[1].split("</section>", 1)[0]
+    assert lineage.count("<tr><td><code>") == sum(len(v) for v in ACC.values())
+    assert "ref_bc/T10/ce/seed0/provenance.json: no provenance record" in lineage
+    assert "ref_abc/10/focal/2" in lineage and "992" in lineage and "c0ffeec0ffee" in lineage
+    assert ("a1" * 6) in lineage and ("b2" * 6) in lineage  # feature-cache hashes
+    for name in ("table2.csv", "calibration.csv", "significance.csv"):
+        assert f">{name}</a>" in page
+    assert "src=\"results/" not in page  # figures are embedded, not linked
