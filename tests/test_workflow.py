@@ -67,10 +67,11 @@ def test_paper_config_plans_144_training_jobs_without_data(tmp_path):
     assert counts["coefficients"] == 3
     assert counts["feature_stats"] == 3
     assert counts["features"] == 3 * 2
-    for rule in ("tables", "fig3", "fig2", "coefficient_plot", "all"):
+    report_rules = ("tables", "fig3", "fig2", "calibration", "confusion", "significance", "report_html")
+    for rule in report_rules + ("coefficient_plot", "all"):
         assert counts[rule] == 1, rule
     assert "synthesize" not in counts  # the paper config reads a real copy
-    assert counts["total"] == 144 + 1 + 1 + 3 + 3 + 6 + 1 + 1 + 1 + 1 + 1
+    assert counts["total"] == 144 + 1 + 1 + 3 + 3 + 6 + len(report_rules) + 1 + 1
 
 
 def test_trimmed_grid_plans_only_its_runs(tmp_path):

@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Iterator
 
 
+def chmod_default(path: str | os.PathLike, *, directory: bool = False) -> None:
+    """Give a mkstemp/mkdtemp product (0600/0700) the mode a plain open()/mkdir() would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds.
@@ -26,6 +33,8 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # a writer may have replaced it; outputs are shared, not private
+            chmod_default(tmp_path)
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

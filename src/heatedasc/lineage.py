@@ -29,6 +29,10 @@ STAGE_SECTIONS = {
     "tables": ("report", "paper"),
     "fig3": ("report", "paper"),
     "fig2": ("report",),
+    "calibration": ("report", "sweep"),
+    "confusion": ("report",),
+    "significance": ("report",),
+    "report_html": ("report", "paper"),
 }
 
 

@@ -20,7 +20,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from heatedasc.audio import read_audio, to_mono_fixed, write_wav
-from heatedasc.fileio import atomic_path, write_json
+from heatedasc.fileio import atomic_path, chmod_default, write_json
 from heatedasc.tau import DEVICES, SPLITS, DatasetError, load_tau, summarize
 
 MANIFEST_OUTPUT_COLUMNS = (
@@ -57,13 +57,6 @@ def _validate_headers(root: Path, filenames: Iterable[str], progress: bool) -> N
             raise DatasetError(f"{path}: unreadable audio file ({exc})") from exc
         if info.frames <= 0 or info.channels <= 0:
             raise DatasetError(f"{path}: audio file holds no samples")
-
-
-def _chmod_default(folder: Path) -> None:
-    """mkdtemp makes 0700 folders; give the final folder the usual umask-based mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
 
 
 def _replace_dir(staging: Path, target: Path) -> None:
@@ -118,7 +111,7 @@ def prepare_dataset(
 
     audio_out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{audio_out_dir.name}.staging-", dir=audio_out_dir.parent))
-    _chmod_default(staging)
+    chmod_default(staging, directory=True)
     try:
         with contextlib.ExitStack() as outputs:
             for name in tqdm(df["filename"], desc="prepare audio", disable=not progress):

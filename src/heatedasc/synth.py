@@ -33,6 +33,7 @@ import soundfile as sf
 from scipy.signal import lfilter, resample_poly
 from tqdm import tqdm
 
+from heatedasc.fileio import chmod_default
 from heatedasc.tau import DEVICES, SCENES
 
 # Fixed seeds of the scene templates and device responses (the class/device design, not the data draw).
@@ -247,9 +248,7 @@ def generate_dataset(
 
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.staging-", dir=root.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700 folders
+    chmod_default(staging, directory=True)
     try:
         (staging / "audio").mkdir()
         (staging / "evaluation_setup").mkdir()
