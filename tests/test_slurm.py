@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,55 @@ def test_profile_slurm_submits_every_job_and_train_jobs_ask_for_a_gpu(local_slur
         b = json.loads((local_dir / "results/runs" / c / "T1/focal/seed0/metrics.json").read_text())
         for key in ("acc_a", "acc_b", "acc_c", "avg_bc", "best_epoch"):
             assert a[key] == pytest.approx(b[key], abs=1e-9), (c, key)
+
+
+def _profile_cmd(workdir: Path, cfg: Path) -> list[str]:
+    return [
+        "timeout", "-s", "KILL", "900",
+        sys.executable, "-m", "snakemake", "--profile", "slurm",
+        "--directory", str(workdir),
+        "--configfile", str(REPO / "params.yaml"), str(cfg),
+        "--slurm-status-command", "squeue", "--slurm-no-account",
+        "--slurm-init-seconds-before-status-checks", "2", "--jobs", "4",
+    ]
+
+
+def test_cancelled_train_job_is_reported_the_sweep_goes_on_and_the_rerun_resubmits_only_it(local_slurm, tmp_path):
+    workdir = tmp_path / "cancel"
+    workdir.mkdir()
+    cfg = _config(workdir, "cfg.yaml")
+    proc = subprocess.Popen(_profile_cmd(workdir, cfg), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=venv_env())
+    cancelled = None
+    deadline = time.monotonic() + 600
+    while cancelled is None and proc.poll() is None and time.monotonic() < deadline:
+        for job in _slurm_jobs(workdir):
+            if job.get("Comment", "").startswith("rule_train") and job["JobState"] in ("PENDING", "RUNNING"):
+                subprocess.run(["scancel", job["JobId"]], check=True)
+                cancelled = job
+                break
+        time.sleep(0.3)
+    out, _ = proc.communicate(timeout=900)
+    assert cancelled is not None, "no train job was seen in the queue to cancel:\n" + out[-4000:]
+    gone = "ref_abc" if "ref_abc" in cancelled["Comment"] else "none"
+    kept = "none" if gone == "ref_abc" else "ref_abc"
+
+    # Reported: the run fails, naming the train job; --keep-going (profile) let the other run finish.
+    assert proc.returncode != 0, out[-4000:]
+    assert "Error in rule train" in out and cancelled["JobId"] in out, out[-6000:]
+    assert (workdir / "results/runs" / kept / "T1/focal/seed0/metrics.json").is_file()
+    assert not (workdir / "results/runs" / gone / "T1/focal/seed0/metrics.json").exists()
+    assert not (workdir / "results/tables/table2.csv").exists()
+
+    # The rerun submits only the missing run and the report jobs that wait for it.
+    before = {j["JobId"] for j in _slurm_jobs(workdir)}
+    rerun = subprocess.run(_profile_cmd(workdir, cfg), cwd=REPO, capture_output=True, text=True, env=venv_env())
+    assert rerun.returncode == 0, rerun.stdout[-4000:] + rerun.stderr[-8000:]
+    new = [j for j in _slurm_jobs(workdir) if j["JobId"] not in before]
+    rules = sorted(j["Comment"].split("_wildcards")[0] for j in new)
+    train = [j for j in new if j["Comment"].startswith("rule_train")]
+    assert len(train) == 1 and ("ref_abc" in train[0]["Comment"]) == (gone == "ref_abc"), rules
+    assert not {"rule_prepare", "rule_mean_spectra", "rule_coefficients", "rule_features", "rule_feature_stats"} & set(rules), rules
+    assert "rule_tables" in rules
+    assert (workdir / "results/runs" / gone / "T1/focal/seed0/metrics.json").is_file()
+    assert (workdir / "results/tables/table2.csv").is_file()
