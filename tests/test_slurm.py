@@ -57,20 +57,23 @@ def _slurm_jobs(workdir: Path) -> list[dict]:
     return jobs
 
 
-def test_profile_slurm_submits_every_job_and_train_jobs_ask_for_a_gpu(local_slurm, tmp_path):
-    slurm_dir = tmp_path / "slurm"
-    slurm_dir.mkdir()
-    cfg = _config(slurm_dir, "cfg.yaml")
-    cmd = [
+def _profile_cmd(workdir: Path, cfg: Path) -> list[str]:
+    return [
         "timeout", "-s", "KILL", "900",
         sys.executable, "-m", "snakemake", "--profile", "slurm",
-        "--directory", str(slurm_dir),
+        "--directory", str(workdir),
         "--configfile", str(REPO / "params.yaml"), str(cfg),
         "--slurm-status-command", "squeue", "--slurm-no-account",
         "--slurm-init-seconds-before-status-checks", "2", "--jobs", "4",
     ]
+
+
+def test_profile_slurm_submits_every_job_and_train_jobs_ask_for_a_gpu(local_slurm, tmp_path):
+    slurm_dir = tmp_path / "slurm"
+    slurm_dir.mkdir()
+    cfg = _config(slurm_dir, "cfg.yaml")
     # The literal `--profile slurm`: Snakemake finds ./slurm/config.yaml from the repository root.
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=venv_env())
+    proc = subprocess.run(_profile_cmd(slurm_dir, cfg), cwd=REPO, capture_output=True, text=True, env=venv_env())
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
 
     jobs = _slurm_jobs(slurm_dir)
@@ -105,17 +108,6 @@ def test_profile_slurm_submits_every_job_and_train_jobs_ask_for_a_gpu(local_slur
         b = json.loads((local_dir / "results/runs" / c / "T1/focal/seed0/metrics.json").read_text())
         for key in ("acc_a", "acc_b", "acc_c", "avg_bc", "best_epoch"):
             assert a[key] == pytest.approx(b[key], abs=1e-9), (c, key)
-
-
-def _profile_cmd(workdir: Path, cfg: Path) -> list[str]:
-    return [
-        "timeout", "-s", "KILL", "900",
-        sys.executable, "-m", "snakemake", "--profile", "slurm",
-        "--directory", str(workdir),
-        "--configfile", str(REPO / "params.yaml"), str(cfg),
-        "--slurm-status-command", "squeue", "--slurm-no-account",
-        "--slurm-init-seconds-before-status-checks", "2", "--jobs", "4",
-    ]
 
 
 def test_cancelled_train_job_is_reported_the_sweep_goes_on_and_the_rerun_resubmits_only_it(local_slurm, tmp_path):
