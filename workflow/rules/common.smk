@@ -63,7 +63,7 @@ def path(key, **wildcards):
     """The path pattern of `key` with the given wildcards filled in (the others stay wildcards)."""
     pattern = PATHS[key]
     for name, value in wildcards.items():
-        pattern = pattern.replace("{" + name + "}", str(value))
+        pattern = pattern.replace(f"{{{name}}}", str(value))
     return pattern
 
 
@@ -72,16 +72,16 @@ def run_file(name, **wildcards):
 
 
 def log_path(rule_name, pattern=""):
-    return os.path.join("logs", rule_name, (pattern or rule_name) + ".log")
+    return os.path.join("logs", rule_name, f"{pattern or rule_name}.log")
 
 
 def benchmark_path(rule_name, pattern=""):
-    return os.path.join("logs", "benchmarks", rule_name, (pattern or rule_name) + ".tsv")
+    return os.path.join("logs", "benchmarks", rule_name, f"{pattern or rule_name}.tsv")
 
 
 def src_files(*modules):
     """Library modules a rule's results depend on (so an edit reruns it)."""
-    return [os.path.join(SRC, m + ".py") for m in modules]
+    return [os.path.join(SRC, f"{m}.py") for m in modules]
 
 
 def format_temperature(t):
@@ -140,6 +140,26 @@ def report_outputs():
         path("significance_md"),
         path("report_html"),
     ]
+
+
+def raw_input(p):
+    # Real raw data is versioned by DVC (content hashes); a checkout's fresh mtime must not rerun the DAG.
+    return p if config["synth"]["enabled"] else ancient(p)
+
+
+def fig2_embeddings(wildcards=None):
+    """Embeddings of the Fig. 2 runs that the configured grid contains (missing T are drawn as missing)."""
+    files = {}
+    for t in config["report"]["fig2_temperatures"]:
+        runs = sweep_runs(
+            correction=config["report"]["fig2_correction"],
+            temperature=format_temperature(t),
+            loss=config["report"]["fig2_loss"],
+            seed=config["report"]["fig2_seed"],
+        )
+        if runs:
+            files[format_temperature(t)] = run_file("embeddings.npz", **runs[0])
+    return files
 
 
 wildcard_constraints:

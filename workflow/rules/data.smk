@@ -22,11 +22,6 @@ if config["synth"]["enabled"]:
             "../scripts/synthesize.py"
 
 
-def raw_input(p):
-    # Real raw data is versioned by DVC (content hashes); a checkout's fresh mtime must not rerun the DAG.
-    return p if config["synth"]["enabled"] else ancient(p)
-
-
 rule prepare:
     input:
         meta=raw_input(path("meta")),
@@ -40,7 +35,6 @@ rule prepare:
         report=path("prepare_report"),
         provenance=path("prepare_prov"),
     params:
-        root=DATA_ROOT,
         sample_rate=config["data"]["sample_rate"],
         duration_s=config["data"]["duration_s"],
         length_tolerance=config["data"]["length_tolerance"],

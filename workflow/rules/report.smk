@@ -5,21 +5,6 @@ REPORT_CFG = config["report"]
 REPORT_CODE = src_files("report", "report_render")
 
 
-def fig2_embeddings(wildcards=None):
-    """Embeddings of the Fig. 2 runs that the configured grid contains (missing T are drawn as missing)."""
-    files = {}
-    for t in REPORT_CFG["fig2_temperatures"]:
-        runs = sweep_runs(
-            correction=REPORT_CFG["fig2_correction"],
-            temperature=format_temperature(t),
-            loss=REPORT_CFG["fig2_loss"],
-            seed=REPORT_CFG["fig2_seed"],
-        )
-        if runs:
-            files[format_temperature(t)] = run_file("embeddings.npz", **runs[0])
-    return files
-
-
 rule tables:
     input:
         metrics=all_run_files("metrics.json"),

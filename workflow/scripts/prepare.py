@@ -1,13 +1,16 @@
 """Snakemake adapter: validate the TAU layout, resample/downmix/fix length, write the manifest."""
 
+from pathlib import Path
+
 from heatedasc.logutil import job_logging
 from heatedasc.provenance import record_job
 from heatedasc.prepare import prepare_dataset
 
 with job_logging(snakemake.log[0], "heatedasc.prepare") as log:
     p = snakemake.params
+    root = Path(snakemake.input.meta).parent  # the data root: meta.csv sits at its top
     manifest = prepare_dataset(
-        p.root,
+        root,
         snakemake.output.audio,
         snakemake.output.manifest,
         snakemake.output.summary,
@@ -18,5 +21,5 @@ with job_logging(snakemake.log[0], "heatedasc.prepare") as log:
         devices=p.devices,
         progress=True,
     )
-    log.info("prepared %d files from %s", len(manifest), p.root)
+    log.info("prepared %d files from %s", len(manifest), root)
     record_job(snakemake, "prepare")
