@@ -295,6 +295,24 @@ def test_bad_input_errors(cache, tmp_path):
         load_feature_cache(*short)
     with pytest.raises(ValueError, match=re.escape(f"{short[1]}: 10 rows but {short[0]} holds 12 clips")):
         train(cache, out, test=short)
+    # A cache built for another correction or split (per the features stage's provenance record).
+    other = write_cache(tmp_path / "other", "evaluate", 12, seed=2)
+    record = other[0].with_suffix(".provenance.json")
+    record.write_text(json.dumps({"stage": "features", "wildcards": {"correction": "none", "split": "evaluate"}}))
+    with pytest.raises(ValueError, match=re.escape(
+            f"{other[0]} was built for correction 'none' (per {record}), but this run is for correction 'ref_abc'")):
+        train(cache, out, test=other, correction="ref_abc")
+    record.write_text(json.dumps({"stage": "features", "wildcards": {"correction": "ref_abc", "split": "train"}}))
+    with pytest.raises(ValueError, match=re.escape(f"{other[0]} holds the 'train' split (per {record}), expected 'evaluate'")):
+        train(cache, out, test=other, correction="ref_abc")
+    # A wrong file list: the evaluation cache holds training files.
+    leak = write_cache(tmp_path / "leak", "evaluate", 12, seed=2)
+    index = pd.read_csv(leak[1])
+    index.loc[3, "filename"] = pd.read_csv(cache[1][1])["filename"].iloc[5]
+    index.to_csv(leak[1], index=False)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{cache[1][1]} and {leak[1]} share 1 file(s) (first: audio/train-5-b.wav)")):
+        train(cache, out, test=leak)
     tiny = write_cache(tmp_path / "tiny", "train", 12, seed=2, shape=(16, 20))
     tiny_eval = write_cache(tmp_path / "tiny", "evaluate", 12, seed=3, shape=(16, 20))
     with pytest.raises(ValueError, match=re.escape(f"{tiny[0]}: clips of (16, 20) are too small")):

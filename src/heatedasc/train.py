@@ -85,6 +85,31 @@ def load_feature_cache(npy_path: str | os.PathLike, index_path: str | os.PathLik
     return FeatureCache(features, index, npy_path, index_path)
 
 
+def check_cache_origin(cache: FeatureCache, *, correction: str | None, split: str) -> None:
+    """The features stage's provenance record beside a cache (if any) must name this run's correction and split.
+
+    A cache of another correction or split has the right shape and passes every other check, so
+    without this a run would silently train or test on the wrong features.
+    """
+    record_path = cache.npy_path.with_suffix(".provenance.json")
+    if not record_path.is_file():
+        return  # caches written outside the workflow carry no record
+    try:
+        wildcards = json.loads(record_path.read_text()).get("wildcards", {})
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{record_path}: unreadable provenance record of {cache.npy_path} ({exc})") from exc
+    made_for = wildcards.get("correction")
+    if correction and made_for is not None and made_for != correction:
+        raise ValueError(
+            f"{cache.npy_path} was built for correction '{made_for}' (per {record_path}), "
+            f"but this run is for correction '{correction}'"
+        )
+    if wildcards.get("split") not in (None, split):
+        raise ValueError(
+            f"{cache.npy_path} holds the '{wildcards['split']}' split (per {record_path}), expected '{split}'"
+        )
+
+
 def select_holdout(identifiers: Sequence[str], fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of rows whose recording location is held out for validation (seeded, by location)."""
     if not 0.0 < fraction < 1.0:
@@ -350,6 +375,14 @@ def run_training(
         ) from exc
     if correction is None:
         correction = out_dir.parts[-4] if len(out_dir.parts) >= 4 else ""
+    check_cache_origin(train, correction=correction, split="train")
+    check_cache_origin(test, correction=correction, split="evaluate")
+    shared = sorted(set(train.index["filename"]) & set(test.index["filename"]))
+    if shared:
+        raise ValueError(
+            f"{train.index_path} and {test.index_path} share {len(shared)} file(s) (first: {shared[0]}); "
+            "the evaluation cache must not hold training files"
+        )
 
     selection, monitor = cfg["selection"], cfg["monitor"]
     train_labels_all = train.index["label"].to_numpy(dtype=np.int64)
