@@ -224,6 +224,9 @@ def plot_fig3(runs, out_png, out_csv, *, out_pdf=None, loss: str, paper_best: di
             ax.plot(g["temperature"], g["mean"], marker="o", label=corr, color=palette.get(corr))
             sd = g["sd"].fillna(0.0)
             ax.fill_between(g["temperature"], g["mean"] - sd, g["mean"] + sd, alpha=0.2, color=palette.get(corr))
+        for label in LABELS.values():  # a correction with no run is named as missing, never drawn as 0
+            if label not in set(d["correction"]):
+                ax.plot([], [], linestyle="none", marker="x", color=palette.get(label), label=f"{label}: no runs")
         if paper_best:
             key = "avg_bc" if name == "Avg.BC" else "dev_a"
             ax.scatter([paper_best["temperature"]], [paper_best[key]], marker="*", s=150, color="k",
