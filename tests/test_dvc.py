@@ -159,10 +159,12 @@ def test_metrics_and_plots_read_the_report_outputs(project):
     fig3 = pd.read_csv(repo / "results" / "figures" / "fig3.csv")
     plots = json.loads(run(repo, "dvc", "plots", "show", "--json"))
     [plot] = plots["data"]["results/figures/fig3.csv"]
-    content = plot["content"]
-    assert content["encoding"]["x"]["field"] == "temperature"
-    y_fields = {layer["encoding"]["y"]["field"] for layer in content["layer"] if "y" in layer.get("encoding", {})}
-    assert y_fields == {"mean"}
+    content = plot["content"]  # the project's template (.dvc/plots/fig3.json): a panel per metric, a line per correction
+    assert content["facet"]["column"]["field"] == "metric"
+    spec = content["spec"]
+    assert spec["encoding"]["x"]["field"] == "temperature" and spec["encoding"]["color"]["field"] == "correction"
+    lines = [layer for layer in spec["layer"] if layer["mark"]["type"] == "line"]
+    assert [layer["encoding"]["y"]["field"] for layer in lines] == ["mean"]
     rows = content["data"]["values"]
     assert len(rows) == len(fig3)
     assert sorted(float(r["mean"]) for r in rows) == sorted(fig3["mean"].astype(float))
