@@ -21,22 +21,9 @@ from tqdm import tqdm
 
 from heatedasc.audio import read_audio, to_mono_fixed, write_wav
 from heatedasc.fileio import atomic_path, chmod_default, write_json
-from heatedasc.tau import DEVICES, SPLITS, DatasetError, load_tau, summarize
+from heatedasc.tau import DEVICES, MANIFEST_COLUMNS, SPLITS, DatasetError, load_tau, summarize
 
-MANIFEST_OUTPUT_COLUMNS = (
-    "filename",
-    "scene_label",
-    "label",
-    "device",
-    "city",
-    "location",
-    "segment",
-    "identifier",
-    "group",
-    "split",
-    "source_label",
-    "raw_sha256",
-)
+MANIFEST_OUTPUT_COLUMNS = MANIFEST_COLUMNS + ("raw_sha256",)  # the manifest is the TAU table + raw hashes
 
 
 def sha256_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
