@@ -25,8 +25,9 @@ demo: setup
 	@echo "Tables: results/tables/table2.md results/tables/table3.md; figures: results/figures/"
 
 test: setup
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tools/local-slurm.sh install; \
-	 else echo "make test: not root, SLURM is not installed here; the SLURM test will skip"; fi
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tools/local-slurm.sh install && \
+	   { command -v chromium >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
+	 else echo "make test: not root, SLURM and Chromium are not installed here; their tests skip if absent"; fi
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 # DVC restores pulled/checked-out files with fresh mtimes in no particular order; Snakemake's mtime
