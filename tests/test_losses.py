@@ -39,6 +39,16 @@ def test_target_prob_form_against_hand_computation():
     assert focal_loss(z, y, 2.0, gamma=1.0, form="target_prob").item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_target_prob_form_keeps_its_gradient_when_q_underflows():
+    # q = p_target ≈ e^-200 underflows float32; a clamp would give a zero gradient and a wrong loss
+    z = torch.tensor([[0.0, 200.0, 0.0]], requires_grad=True)
+    y = torch.tensor([[1.0, 0.0, 0.0]])
+    loss = focal_loss(z, y, 1.0, gamma=1.0, form="target_prob")
+    assert loss.item() == pytest.approx(200.0, rel=1e-4)  # −(1 − q) log q with log q ≈ −200
+    loss.backward()
+    assert torch.isfinite(z.grad).all() and z.grad[0, 0].item() == pytest.approx(-1.0, abs=1e-4)
+
+
 def test_cross_entropy_matches_torch_and_is_batch_mean():
     torch.manual_seed(0)
     z = torch.randn(5, 10)

@@ -1,6 +1,7 @@
 """Training loop (SPEC §6) and run outputs (SPEC §7) on a tiny synthetic feature cache."""
 
 import json
+import math
 import re
 import sys
 import types
@@ -23,7 +24,7 @@ except ImportError:
 
 from heatedasc.model import ASCNet  # noqa: E402
 from heatedasc.train import (  # noqa: E402
-    HISTORY_COLUMNS, draw_mixup, expected_calibration_error, l2_penalty, load_feature_cache,
+    HISTORY_COLUMNS, draw_mixup, expected_calibration_error, l2_penalty, load_feature_cache, make_optimizer,
     make_plateau_scheduler, mixup_batch, run_training, select_holdout,
 )
 
@@ -124,6 +125,57 @@ def test_plateau_schedule_reduces_after_patience_keras_semantics():
     assert lrs == pytest.approx([0.5, 0.5, 0.05, 0.05, 0.005])
 
 
+def keras_plateau_lrs(values, *, lr, factor, patience, min_delta):
+    """tf.keras ReduceLROnPlateau (mode max, cooldown 0, min_lr 0), transcribed: the LR after each epoch."""
+    best, wait, out = -math.inf, 0, []
+    for current in values:
+        if current > best + min_delta:
+            best, wait = current, 0
+        else:
+            wait += 1
+            if wait >= patience and lr > 0.0:
+                lr, wait = lr * factor, 0
+        out.append(lr)
+    return out
+
+
+@pytest.mark.parametrize("patience", [1, 2, 5, 16])
+def test_plateau_schedule_equals_keras_on_random_accuracy_curves(patience):
+    rng = np.random.default_rng(patience)
+    for _ in range(50):
+        # 150 epochs of a noisy, saturating accuracy curve: plateaus of every length occur
+        values = np.clip(np.cumsum(rng.normal(0.002, 0.01, 150)) + 0.3, 0, 1).round(4).tolist()
+        opt = torch.optim.Adadelta([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+        sched = make_plateau_scheduler(opt, factor=0.1, patience=patience, min_delta=1e-3)
+        ours = []
+        for v in values:
+            sched.step(v)
+            ours.append(opt.param_groups[0]["lr"])
+        expected = keras_plateau_lrs(values, lr=0.5, factor=0.1, patience=patience, min_delta=1e-3)
+        assert ours == pytest.approx(expected, rel=1e-9, abs=0.0)
+    assert min(ours) < 1e-8 if patience == 1 else True  # cuts go on below torch's default eps of 1e-8
+
+
+def test_optimizer_is_adadelta_with_keras_values_and_one_step_matches_the_keras_update():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    cfg = {"lr": 0.5, "rho": 0.95, "eps": 1e-7}
+    opt = make_optimizer(torch.nn.ParameterList([w]), cfg)
+    group = opt.param_groups[0]
+    assert (group["lr"], group["rho"], group["eps"], group["weight_decay"]) == (0.5, 0.95, 1e-7, 0.0)
+    # Keras Adadelta: a ← ρa + (1−ρ)g²; u = g·√(d + ε)/√(a + ε); w ← w − lr·u; d ← ρd + (1−ρ)u²
+    a = np.zeros(2)
+    d = np.zeros(2)
+    expected = np.array([1.0, -2.0])
+    for g in (np.array([0.3, -0.1]), np.array([0.2, 0.4])):
+        w.grad = torch.tensor(g, dtype=torch.float32)
+        opt.step()
+        a = 0.95 * a + 0.05 * g ** 2
+        u = g * np.sqrt(d + 1e-7) / np.sqrt(a + 1e-7)
+        expected = expected - 0.5 * u
+        d = 0.95 * d + 0.05 * u ** 2
+        assert w.detach().numpy() == pytest.approx(expected, rel=1e-5)
+
+
 def test_expected_calibration_error_by_hand():
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
     labels = np.array([0, 1, 1, 0])
@@ -219,6 +271,35 @@ def test_resume_after_kill_gives_identical_metrics(baseline, cache, tmp_path, ca
     hist = pd.read_csv(out / "history.csv")
     base = pd.read_csv(baseline[0] / "history.csv")
     pd.testing.assert_frame_equal(hist.drop(columns="seconds"), base.drop(columns="seconds"))
+
+
+def test_resume_restores_the_lr_schedule(cache, tmp_path, caplog):
+    # patience 1 cuts the LR within a few epochs, so a resume that lost the scheduler state would differ
+    cfg = {"epochs": 5, "plateau_patience": 1}
+    whole = train(cache, tmp_path / "whole", train_cfg=cfg)
+    lrs = pd.read_csv(tmp_path / "whole" / "history.csv")["lr"]
+    assert lrs.nunique() > 1, "the schedule never cut the LR: this test would not see a lost scheduler"
+    out = tmp_path / "killed"
+    assert train(cache, out, train_cfg=cfg, stop_after_epoch=3) == {"stopped_after_epoch": 3}
+    with caplog.at_level("INFO", logger="heatedasc.train"):
+        assert train(cache, out, train_cfg=cfg) == whole
+    assert f"resuming {out} after epoch 3" in caplog.text
+    pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv").drop(columns="seconds"),
+                                  pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds"))
+
+
+def test_checkpoint_of_other_code_is_not_resumed(baseline, cache, tmp_path, caplog, monkeypatch):
+    import heatedasc.train as tr
+
+    out = tmp_path / "ref_abc" / "T10.0" / "focal" / "seed0"
+    real = tr.code_fingerprint()
+    monkeypatch.setattr(tr, "code_fingerprint", lambda: "an edited train.py")
+    train(cache, out, stop_after_epoch=1)
+    monkeypatch.setattr(tr, "code_fingerprint", lambda: real)
+    with caplog.at_level("INFO", logger="heatedasc.train"):
+        again = train(cache, out)
+    assert "different run configuration; starting over" in caplog.text
+    assert again == baseline[1]
 
 
 def test_resume_from_other_config_starts_over(baseline, cache, tmp_path, caplog):

@@ -50,8 +50,9 @@ def focal_loss(
     if form == "eq2":
         return -(((1.0 - p) ** gamma) * targets_soft * log_p).sum(dim=-1).mean()
     if form == "target_prob":
-        q = (targets_soft * p).sum(dim=-1).clamp_min(torch.finfo(p.dtype).tiny)
-        return -(((1.0 - q) ** gamma) * q.log()).mean()
+        # log q = logsumexp_j(log p_j + log y_j): exact in the log domain, so a tiny q keeps its gradient
+        log_q = torch.logsumexp(log_p + targets_soft.float().log(), dim=-1)
+        return -(((1.0 - log_q.exp()) ** gamma) * log_q).mean()
     raise ValueError(f"loss.focal_form must be one of {FOCAL_FORMS}, got {form!r}")
 
 
