@@ -6,6 +6,8 @@
 
 from snakemake.utils import min_version, validate
 
+from heatedasc.config import check_consistency
+
 min_version("9.0")
 
 
@@ -13,6 +15,7 @@ configfile: os.path.join(workflow.basedir, "params.yaml")
 
 
 validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+check_consistency(config)
 
 
 include: "workflow/rules/common.smk"

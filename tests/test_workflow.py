@@ -85,12 +85,17 @@ def test_trimmed_grid_plans_only_its_runs(tmp_path):
     assert counts["features"] == 2
 
 
-def test_bad_config_value_is_rejected_naming_the_key(tmp_path):
-    override = write_override(tmp_path / "bad.yaml", {"train": {"selection": "best"}})
-    proc = snakemake(tmp_path, "-n", configfiles=[override], check=False)
+@pytest.mark.parametrize("override, named", [
+    ({"train": {"selection": "best"}}, ("selection", "best")),
+    ({"train": {"epoch": 5}}, ("'epoch' was unexpected",)),  # a misspelt key is not silently ignored
+    ({"sweep": {"correction": ["ref_abc", "ref_ab"]}}, ("sweep.correction", "'ref_ab'", "correction.references")),
+])
+def test_bad_config_value_is_rejected_naming_the_key(tmp_path, override, named):
+    proc = snakemake(tmp_path, "-n", configfiles=[write_override(tmp_path / "bad.yaml", override)], check=False)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
-    assert "selection" in out and "best" in out
+    for text in named:
+        assert text in out, (text, out[-3000:])
 
 
 TINY = {

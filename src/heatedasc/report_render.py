@@ -186,6 +186,10 @@ def load_config(configfiles) -> dict:
     for key in ("report", "paper", "sweep"):
         if key not in config:
             raise ValueError(f"config lacks the `{key}:` section (pass params.yaml first)")
+    if "correction" in config and "data" in config:
+        from heatedasc.config import check_consistency
+
+        check_consistency(config)
     return config
 
 
