@@ -146,11 +146,34 @@ def test_known_device_gain_gets_the_inverse_coefficient(tmp_path):
     abc = estimate_coefficients(spectra, reference_devices=DEVICES, estimator="mean_of_ratios", devices=DEVICES)
     np.testing.assert_allclose(abc["b"], (3.5 / 3) / 2.0, rtol=1e-5)  # R = mean(1, 2, 0.5)·S_a
 
+    # m_i(f) itself against numpy: DC removed, periodic Hann, centred reflect-padded frames, mean of |rfft|
+    x, _ = sf.read(audio / "metro-riga-0-0-b.wav", dtype="float64")
+    x = np.pad(x - x.mean(), 128, mode="reflect")
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(256) / 256)
+    frames = np.stack([x[s:s + 256] * window for s in range(0, len(x) - 256 + 1, 64)])
+    direct = np.abs(np.fft.rfft(frames, axis=1)).mean(axis=0)
+    row = spectra["filenames"].tolist().index("audio/metro-riga-0-0-b.wav")
+    np.testing.assert_allclose(spectra["spectra"][row], direct, rtol=2e-5, atol=1e-7 * direct.max())
+
     save_mean_spectra(tmp_path / "spectra.npz", spectra)
     loaded = load_mean_spectra(tmp_path / "spectra.npz")
     np.testing.assert_array_equal(loaded["spectra"], spectra["spectra"])
     assert loaded["filenames"].tolist() == spectra["filenames"].tolist()
     assert loaded["groups"].dtype.kind == "U"
+
+
+def test_constant_triplet_file_is_named_before_it_makes_coefficients_infinite(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    rng = np.random.default_rng(8)
+    for d in DEVICES:
+        x = np.full(4000, 0.3) if d == "c" else 0.1 * rng.standard_normal(4000)  # c: DC only
+        sf.write(audio / f"bus-lyon-1-0-{d}.wav", x, 16000, subtype="FLOAT")
+    manifest = manifest_of([("bus-lyon-1-0", d, "train") for d in DEVICES])
+    with pytest.raises(ValueError, match=r"audio/bus-lyon-1-0-c.wav: mean magnitude spectrum is 0.0 at bin 0 "
+                                         r"\(129 of 129 bins not > 0\)"):
+        compute_mean_spectra(manifest, audio, n_fft=256, hop_length=64, remove_dc=True, devices=DEVICES,
+                             batch_size=4, progress=False)
 
 
 def test_coefficients_round_trip_without_pickle_and_plot(tmp_path):

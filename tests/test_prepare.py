@@ -156,20 +156,48 @@ def test_unreadable_wav_fails_before_any_output(root, tmp_path):
     _assert_nothing_written(out)
 
 
-@pytest.mark.parametrize("problem", ["nan", "silent"])
-def test_nan_or_silent_file_leaves_nothing(root, tmp_path, problem):
+@pytest.mark.parametrize("problem, message", [
+    ("nan", "audio contains NaN or infinite samples"),
+    ("inf", "audio contains NaN or infinite samples"),
+    ("silent", "audio is silent (all samples are zero)"),
+    ("constant", "audio is constant (0.25 in every sample): silent after DC removal"),
+])
+def test_nan_inf_silent_or_constant_file_leaves_nothing(root, tmp_path, problem, message):
     meta = pd.read_csv(root / "meta.csv", sep="\t")
     bad = meta["filename"].iloc[-1]  # the last file: everything before it was already converted
-    if problem == "nan":
-        wave = np.random.default_rng(1).standard_normal(N) * 0.1
-        wave[100] = np.nan
+    wave = np.random.default_rng(1).standard_normal(N) * 0.1
+    if problem in ("nan", "inf"):
+        wave[100] = np.nan if problem == "nan" else -np.inf
         sf.write(str(root / bad), wave, SR, subtype="FLOAT")
     else:
-        sf.write(str(root / bad), np.zeros(N), SR, subtype="PCM_24")
+        sf.write(str(root / bad), np.full(N, 0.0 if problem == "silent" else 0.25), SR, subtype="PCM_24")
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(DatasetError) as err:
         run(root, out)
-    assert str(root / bad) in str(err.value)
-    assert ("NaN" if problem == "nan" else "silent") in str(err.value)
+    assert f"{root / bad}: {message}" in str(err.value)
     _assert_nothing_written(out)
+
+
+def test_wrong_sample_rate_mono_and_clipping_are_fixed_and_counted(root, tmp_path, caplog):
+    meta = pd.read_csv(root / "meta.csv", sep="\t")
+    b_files = meta.loc[meta["source_label"] == "b", "filename"].tolist()
+    slow, loud = b_files[0], b_files[1]
+    rng = np.random.default_rng(5)
+    wave16k = (0.1 * rng.standard_normal(int(N * 16000 / SR))).astype(np.float32)
+    sf.write(str(root / slow), wave16k, 16000, subtype="PCM_16")  # mono, but 16 kHz
+    hot = np.clip(rng.standard_normal(N), -3, 3).astype(np.float32)  # a float wav beyond full scale
+    sf.write(str(root / loud), hot, SR, subtype="FLOAT")
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="heatedasc.prepare"):
+        run(root, out)
+    report = json.loads((out / "report.json").read_text())
+    assert slow in report["files"]["resampled"] and slow not in report["files"]["downmixed"]
+    written, sr = sf.read(str(out / "audio" / slow[len("audio/"):]), dtype="float32")
+    expected = AF.resample(torch.from_numpy(sf.read(str(root / slow), dtype="float32")[0]), 16000, SR).numpy()
+    assert sr == SR and written.shape == (N,)
+    np.testing.assert_allclose(written, np.resize(expected, N) if len(expected) >= N else
+                               np.concatenate([expected, np.zeros(N - len(expected), np.float32)]), atol=1e-5)
+    assert report["files"]["clipped"] == [loud] and report["n_clipped"] == 1
+    assert report["clipped_samples"][loud] == int(np.count_nonzero(np.abs(hot) >= 1.0))
+    assert "clipped: 1 file(s)" in caplog.text and "resampled: 31 file(s)" in caplog.text

@@ -205,3 +205,31 @@ def test_file_in_train_and_evaluate(root):
     msg = str(err.value)
     assert f"fold1_evaluate.csv: row {n} ({first_train.split()[0]})" in msg
     assert "also listed in fold1_train.csv" in msg
+
+
+def test_source_label_disagrees_with_file_name(root):
+    meta = lines(root / "meta.csv")
+    fields = meta[3].split("\t")
+    wrong = "c" if fields[3] != "c" else "b"
+    meta[3] = "\t".join(fields[:3] + [wrong])
+    write_lines(root / "meta.csv", meta)
+    with pytest.raises(DatasetError) as err:
+        load_tau(root)
+    assert (f"{root / 'meta.csv'}: row 3 ({fields[0]}): source_label '{wrong}' disagrees with the file name's "
+            f"device '{fields[0][-5]}'") in str(err.value)
+
+
+@pytest.mark.parametrize("listed, expected", [
+    ("audio/bus-paris-999-0-a.wav", "file is not listed in {meta}"),   # not in meta at all
+    (None, "file is not listed in {evaluate}"),                         # a training file
+])
+def test_test_fold_names_a_file_outside_fold1_evaluate(root, listed, expected):
+    setup = root / "evaluation_setup"
+    if listed is None:
+        listed = lines(setup / "fold1_train.csv")[1].split("\t")[0]
+    test = lines(setup / "fold1_test.csv")
+    write_lines(setup / "fold1_test.csv", test[:2] + [listed] + test[2:])
+    with pytest.raises(DatasetError) as err:
+        load_tau(root)
+    assert f"{setup / 'fold1_test.csv'}: row 2 ({listed}): " + expected.format(
+        meta=root / "meta.csv", evaluate=setup / "fold1_evaluate.csv") in str(err.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
@@ -15,6 +16,8 @@ from heatedasc.fileio import atomic_path
 ESTIMATORS = ("ratio_of_means", "mean_of_ratios")
 PARALLEL_SPLIT = "train"  # coefficients are estimated from fold1_train only
 CPU_CHUNK_CLIPS = 2  # clips per STFT call: a performance knob only, results do not depend on it
+
+log = logging.getLogger(__name__)
 
 
 def parallel_training_groups(manifest: pd.DataFrame, devices: Sequence[str]) -> pd.DataFrame:
@@ -50,6 +53,12 @@ def parallel_training_groups(manifest: pd.DataFrame, devices: Sequence[str]) -> 
             f"device '{d}' has no parallel recordings (groups recorded by all of {devices}) in split "
             f"'{PARALLEL_SPLIT}' ({n_any} device-'{d}' files in that split)"
         )
+    for d in devices:
+        dropped = train[(train["device"] == d) & ~train["group"].isin(complete)]
+        if len(dropped):
+            log.warning("%d device-'%s' files in split '%s' lack a twin of every device in %s and are left out "
+                        "of the spectrum correction (e.g. %s)", len(dropped), d, PARALLEL_SPLIT, devices,
+                        ", ".join(dropped["filename"].astype(str).head(3)))
     order = {d: i for i, d in enumerate(devices)}
     parallel["_order"] = parallel["device"].map(order)
     return parallel.sort_values(["group", "_order"]).drop(columns="_order").reset_index(drop=True)
@@ -86,6 +95,16 @@ def compute_mean_spectra(
                 )  # [b, F, T]
                 spectra[start + i : start + i + len(magnitude)] = magnitude.mean(dim=2, dtype=torch.float64).numpy()
             bar.update(stop - start)
+    bad = ~(np.isfinite(spectra) & (spectra > 0))
+    if bad.any():
+        i, f = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{audio_path(audio_dir, filenames[i])}: mean magnitude spectrum is {spectra[i, f]} at bin {f} "
+            f"({int(bad[i].sum())} of {spectra.shape[1]} bins not > 0): a silent or constant clip cannot take part "
+            f"in the spectrum correction ({int(bad.any(axis=1).sum())} such file(s) among the training triplets)"
+        )
+    log.info("mean spectra of %d training-triplet files (%s)", len(rows),
+             ", ".join(f"{d}: {int((rows['device'] == d).sum())}" for d in devices))
     return {
         "filenames": np.asarray(filenames, dtype=str),
         "devices": np.asarray(rows["device"].astype(str).tolist(), dtype=str),

@@ -446,6 +446,19 @@ class RunningMeanStd:
         return np.sqrt(self.m2 / self.count)
 
 
+def check_devices(extractor: LogMelExtractor, rows: pd.DataFrame, split: str) -> None:
+    """ValueError naming the device, the split and a file when a row's device has no filterbank (never c = 1)."""
+    devices = rows["device"].astype(str)
+    unknown = sorted(set(devices) - set(extractor.devices))
+    if unknown:
+        d = unknown[0]
+        files = rows.loc[devices == d, "filename"].astype(str)
+        raise ValueError(
+            f"unknown device '{d}' in split '{split}' ({len(files)} file(s), e.g. {files.iloc[0]}): no correction "
+            f"coefficients for it (extractor has devices {list(extractor.devices)})"
+        )
+
+
 def compute_feature_stats(
     manifest: pd.DataFrame,
     audio_dir: str | os.PathLike,
@@ -458,6 +471,7 @@ def compute_feature_stats(
     rows = manifest[manifest["split"] == "train"].reset_index(drop=True)
     if len(rows) == 0:
         raise ValueError("manifest has no rows with split 'train' to compute feature statistics from")
+    check_devices(extractor, rows, "train")
     running = RunningMeanStd(extractor.n_mels)
     for _, feats in iter_log_mel(rows, audio_dir, extractor, batch_size=batch_size, progress=progress, desc="stats"):
         running.update(feats)
@@ -590,7 +604,7 @@ def build_feature_cache(
     if np.any(~(std > 0)):
         raise ValueError("stats contain a non-positive std; cannot standardise")
     mean32, inv_std32 = mean.astype(np.float32)[:, None], (1.0 / std).astype(np.float32)[:, None]
-    extractor.device_indices(list(rows["device"].astype(str)))  # unknown device: fail before any work
+    check_devices(extractor, rows, split)  # unknown device: fail before any work
 
     n_samples = len(read_wave(audio_path(audio_dir, str(rows["filename"].iloc[0]))))
     shape = (extractor.n_mels, extractor.n_frames(n_samples))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +25,9 @@ from heatedasc.fileio import atomic_path, chmod_default, write_json
 from heatedasc.tau import DEVICES, MANIFEST_COLUMNS, SPLITS, DatasetError, load_tau, summarize
 
 MANIFEST_OUTPUT_COLUMNS = MANIFEST_COLUMNS + ("raw_sha256",)  # the manifest is the TAU table + raw hashes
+PCM24_MAX = 1.0 - 2.0 ** -23  # the largest sample a 24-bit wav holds; anything beyond is clipped on writing
+
+log = logging.getLogger(__name__)
 
 
 def sha256_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -86,14 +90,21 @@ def prepare_dataset(
     n_samples = int(round(float(duration_s) * int(sample_rate)))
 
     table = load_tau(root, devices=devices)
-    n_unused = int((table["split"] == "unused").sum())
+    unused = table.loc[table["split"] == "unused", "filename"].astype(str).tolist()
+    n_unused = len(unused)
+    if unused:
+        log.warning("%d file(s) of meta.csv are in no fold1 train/evaluate list and are not used (e.g. %s)",
+                    n_unused, ", ".join(unused[:3]))
     df = table[table["split"].isin(SPLITS)].reset_index(drop=True).copy()
     if df.empty:
         raise DatasetError(f"{root}: fold1_train.csv and fold1_evaluate.csv list no files")
     _validate_headers(root, df["filename"], progress)
 
-    changed: dict[str, list[str]] = {k: [] for k in ("resampled", "downmixed", "padded", "trimmed", "off_length")}
+    changed: dict[str, list[str]] = {
+        k: [] for k in ("resampled", "downmixed", "padded", "trimmed", "off_length", "clipped")
+    }
     raw_lengths: dict[str, dict] = {}
+    clipped_samples: dict[str, int] = {}
     hashes: list[str] = []
 
     audio_out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +126,13 @@ def prepare_dataset(
                 mono, changes = to_mono_fixed(wave, sr, target_sr=sample_rate, n_samples=n_samples)
                 if not np.any(mono):
                     raise DatasetError(f"{path}: audio is silent after conversion")
+                if mono.max() == mono.min():
+                    # a constant (DC-only) clip is silent once its mean is removed before the STFT
+                    raise DatasetError(f"{path}: audio is constant ({mono[0]:g} in every sample): silent after DC removal")
+                n_clipped = int(np.count_nonzero(np.abs(mono) > PCM24_MAX))
+                if n_clipped:  # 24-bit output cannot hold |x| > 1 (e.g. resampling overshoot): counted, reported
+                    changed["clipped"].append(name)
+                    clipped_samples[name] = n_clipped
                 for change in changes:
                     kind = change.split()[0]
                     key = {"resample": "resampled", "downmix": "downmixed", "pad": "padded", "trim": "trimmed"}[kind]
@@ -147,6 +165,8 @@ def prepare_dataset(
                 **{f"n_{k}": len(v) for k, v in changed.items()},
                 "files": changed,
                 "off_length_raw": raw_lengths,
+                "clipped_samples": clipped_samples,
+                "unused": unused,
             }
             manifest_tmp = outputs.enter_context(atomic_path(manifest_out))
             df.to_csv(manifest_tmp, index=False)
@@ -155,6 +175,11 @@ def prepare_dataset(
             report_tmp = outputs.enter_context(atomic_path(report_out))
             write_json(report_tmp, report)
             _replace_dir(staging, audio_out_dir)
+        log.info("prepared %d files (%s)", len(df), "; ".join(
+            f"{split}: " + ", ".join(f"{d} {n}" for d, n in counts.items()) for split, counts in per_split_device.items()))
+        for key, names in changed.items():
+            if names:
+                log.warning("%s: %d file(s) (e.g. %s)", key.replace("_", "-"), len(names), ", ".join(names[:3]))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

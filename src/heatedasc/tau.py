@@ -127,6 +127,10 @@ def load_tau(root: str | os.PathLike, devices: Iterable[str] = DEVICES) -> pd.Da
                 f"{where}: scene label {rec.scene_label!r} disagrees with the file name's scene "
                 f"{fields['scene_label']!r}"
             )
+        if str(rec.source_label) != fields["device"]:
+            raise DatasetError(
+                f"{where}: source_label {rec.source_label!r} disagrees with the file name's device {fields['device']!r}"
+            )
         if rec.identifier != fields["identifier"]:
             raise DatasetError(
                 f"{where}: identifier {rec.identifier!r} disagrees with the file name ({fields['identifier']!r})"
@@ -176,6 +180,8 @@ def load_tau(root: str | os.PathLike, devices: Iterable[str] = DEVICES) -> pd.Da
     for i, name in enumerate(test["filename"], start=1):
         if name not in index_of:
             raise DatasetError(f"{test_path}: row {i} ({name}): file is not listed in {meta_path}")
+        if df.at[index_of[name], "split"] != "evaluate":  # fold1_test is fold1_evaluate without its labels
+            raise DatasetError(f"{test_path}: row {i} ({name}): file is not listed in {setup / 'fold1_evaluate.csv'}")
     df["label"] = df["label"].astype(int)
     return df
 

@@ -38,6 +38,8 @@ rule coefficients:
         reference_devices=lambda wc: config["correction"]["references"][wc.correction],
         estimator=config["correction"]["estimator"],
         devices=config["data"]["devices"],
+        sample_rate=config["data"]["sample_rate"],
+        n_fft=config["features"]["n_fft"],
     log:
         log_path("coefficients", "{correction}"),
     benchmark:

@@ -17,6 +17,8 @@ with job_logging(snakemake.log[0], "heatedasc.coefficients") as log:
         reference_devices=list(p.reference_devices),
         estimator=p.estimator,
         files=list(spectra["filenames"]),
+        sample_rate=p.sample_rate,
+        n_fft=p.n_fft,
     )
     record_job(snakemake, "coefficients")
     log.info("%s: coefficients for devices %s", snakemake.wildcards.correction, sorted(coefficients))
