@@ -19,6 +19,7 @@ end to end (wav file → log-mel), features only (waveforms already in memory) a
 
     python benchmarks/bench_features.py                       # 48 clips, 2 threads
     python benchmarks/bench_features.py --clips 64 --repeats 3
+    python benchmarks/bench_features.py --device cuda --batch-size 64   # batched extraction on a GPU
 """
 
 from __future__ import annotations
@@ -77,14 +78,16 @@ def make_coefficients(seed: int = 1) -> dict:
 
 # ------------------------------------------------------------------------------------------ project
 class Project:
-    def __init__(self, coefficients: dict, batch_size: int) -> None:
+    def __init__(self, coefficients: dict, batch_size: int, device: str) -> None:
         import torch
 
         from heatedasc.features import LogMelExtractor
+        from heatedasc.runtime import resolve_device
 
         self.torch = torch
         self.batch_size = batch_size
-        self.extractor = LogMelExtractor(sample_rate=SR, coefficients=coefficients, devices=DEVICES, **PAPER)
+        self.extractor = LogMelExtractor(sample_rate=SR, coefficients=coefficients, devices=DEVICES, **PAPER).to(
+            resolve_device(device, "--device"))  # on CUDA: one batched STFT + mel product per batch on the GPU
 
     def load(self, path: Path):
         from heatedasc.audio import read_audio, to_mono_fixed
@@ -98,7 +101,7 @@ class Project:
             for s in range(0, len(waves), self.batch_size):
                 batch = torch.from_numpy(__import__("numpy").stack(waves[s : s + self.batch_size]))
                 index = self.extractor.device_indices(devices[s : s + self.batch_size])
-                out.append(self.extractor(batch, index).numpy())
+                out.append(self.extractor(batch, index).cpu().numpy())  # .cpu() also waits for the GPU
         return out
 
     def end_to_end(self, clips: list[tuple[Path, str]]):
@@ -152,6 +155,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16, help="clips per extractor call (params features.batch_size)")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best rate of each is kept")
+    ap.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
+                    help="where the project's extractor runs (features.device); librosa always runs on the CPU")
     args = ap.parse_args()
     _set_threads(args.threads)
     import numpy as np
@@ -162,7 +167,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_features-") as tmp:
         clips = write_clips(Path(tmp), args.clips)
         devices = [d for _, d in clips]
-        project, reference = Project(coefficients, args.batch_size), Librosa(coefficients)
+        project, reference = Project(coefficients, args.batch_size, args.device), Librosa(coefficients)
         # Warm-up: first calls of torch / librosa (FFT plans, numba, page cache of the wavs).
         for impl in (project, reference):
             impl.end_to_end(clips[: min(len(clips), args.batch_size)])
@@ -192,6 +197,7 @@ def main() -> None:
         # Where librosa's float32 sits on log(1e-7) the error is pure rounding near the offset; report both.
         print()
         print(f"clips={len(clips)} x 10 s @ 44.1 kHz  threads={args.threads}  batch={args.batch_size}  "
+              f"device={project.extractor.filterbanks.device}  "
               f"torch {torch.__version__}  python {sys.version.split()[0]}")
         print(f"{'stage':<30} {'project clips/s':>16} {'librosa clips/s':>16} {'ratio':>7}")
         labels = {"end": "end to end (wav -> log-mel)", "feat": "features only (in memory)",

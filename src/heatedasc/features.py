@@ -459,6 +459,28 @@ def check_devices(extractor: LogMelExtractor, rows: pd.DataFrame, split: str) ->
         )
 
 
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """The prepare stage's manifest CSV (location and segment stay strings: '007' is not 7)."""
+    return pd.read_csv(path, dtype={"location": str, "segment": str})
+
+
+def make_extractor(
+    coefficients_path: str | os.PathLike, *, sample_rate: int, devices: Sequence[str], device: str = "cpu",
+    **settings,
+) -> LogMelExtractor:
+    """One correction's extractor (its c_d folded into the filterbanks) on ``features.device``.
+
+    On CUDA every batch is one batched STFT + mel product on the device; the numbers match the CPU
+    path to float32 rounding, so caches do not depend on where they were made.
+    """
+    from heatedasc.correction import load_coefficients
+    from heatedasc.runtime import resolve_device
+
+    coefficients, _ = load_coefficients(coefficients_path)
+    extractor = LogMelExtractor(sample_rate=sample_rate, coefficients=coefficients, devices=devices, **settings)
+    return extractor.to(resolve_device(device, "features.device"))
+
+
 def compute_feature_stats(
     manifest: pd.DataFrame,
     audio_dir: str | os.PathLike,

@@ -22,6 +22,7 @@ import torch
 from heatedasc.fileio import atomic_path, write_json, write_text
 from heatedasc.losses import heated_softmax, make_loss
 from heatedasc.model import ASCNet, block_output_shapes, count_parameters
+from heatedasc.runtime import resolve_device
 
 log = logging.getLogger("heatedasc.train")
 
@@ -215,15 +216,6 @@ def _train_value(train_cfg: dict, key: str) -> Any:
         raise ValueError(f"train.{key} is missing from the training config")
     return train_cfg[key]
 
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"train.device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
 
 
 # ----------------------------------------------------------------------------------- the loop
@@ -427,7 +419,7 @@ def run_training(
     run_hash = config_hash(run_config)
 
     # ---- device, determinism, threads
-    device = _resolve_device(cfg["device"])
+    device = resolve_device(cfg["device"], "train.device")
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads)))
     prev_det = torch.are_deterministic_algorithms_enabled()

@@ -21,6 +21,7 @@ rule feature_stats:
         sample_rate=config["data"]["sample_rate"],
         devices=config["data"]["devices"],
         batch_size=config["features"]["batch_size"],
+        device=config["features"]["device"],
     threads: rule_resources("features")["cpus_per_task"]
     log:
         log_path("feature_stats", "{correction}"),
@@ -48,6 +49,7 @@ rule features:
         sample_rate=config["data"]["sample_rate"],
         devices=config["data"]["devices"],
         batch_size=config["features"]["batch_size"],
+        device=config["features"]["device"],
     threads: rule_resources("features")["cpus_per_task"]
     log:
         log_path("features", "{correction}-{split}"),

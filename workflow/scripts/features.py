@@ -1,21 +1,18 @@
 """Snakemake adapter: the standardised float16 log-mel cache of one (correction, split)."""
 
-import pandas as pd
 import torch
 
-from heatedasc.correction import load_coefficients
-from heatedasc.features import LogMelExtractor, build_feature_cache, load_stats
+from heatedasc.features import build_feature_cache, load_stats, make_extractor, read_manifest
 from heatedasc.logutil import job_logging
 from heatedasc.provenance import record_job
 
 with job_logging(snakemake.log[0], "heatedasc.features") as log:
     torch.set_num_threads(snakemake.threads)
     p = snakemake.params
-    coefficients, _ = load_coefficients(snakemake.input.coefficients)
-    extractor = LogMelExtractor(sample_rate=p.sample_rate, coefficients=coefficients, devices=p.devices, **p.extractor)
-    manifest = pd.read_csv(snakemake.input.manifest, dtype={"location": str, "segment": str})
+    extractor = make_extractor(snakemake.input.coefficients, sample_rate=p.sample_rate, devices=p.devices,
+                               device=p.device, **p.extractor)
     info = build_feature_cache(
-        manifest,
+        read_manifest(snakemake.input.manifest),
         snakemake.wildcards.split,
         snakemake.input.audio,
         extractor,
@@ -26,4 +23,5 @@ with job_logging(snakemake.log[0], "heatedasc.features") as log:
         progress=True,
     )
     record_job(snakemake, "features")
-    log.info("%s/%s cache: %s", snakemake.wildcards.correction, snakemake.wildcards.split, info)
+    log.info("%s/%s cache (on %s): %s", snakemake.wildcards.correction, snakemake.wildcards.split,
+             extractor.filterbanks.device, info)

@@ -1,16 +1,16 @@
 """Snakemake adapter: per-file mean magnitude spectra of the training triplets."""
 
-import pandas as pd
 import torch
 
 from heatedasc.correction import compute_mean_spectra, save_mean_spectra
+from heatedasc.features import read_manifest
 from heatedasc.logutil import job_logging
 from heatedasc.provenance import record_job
 
 with job_logging(snakemake.log[0], "heatedasc.mean_spectra") as log:
     torch.set_num_threads(snakemake.threads)
     p = snakemake.params
-    manifest = pd.read_csv(snakemake.input.manifest, dtype={"location": str, "segment": str})
+    manifest = read_manifest(snakemake.input.manifest)
     spectra = compute_mean_spectra(
         manifest,
         snakemake.input.audio,
