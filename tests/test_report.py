@@ -121,6 +121,20 @@ def test_table2_cells_are_mean_sd_n_over_seeds_and_missing_is_never_zero(partial
     assert "leaks the test set" in md
 
 
+def test_summary_metrics_are_per_correction_and_loss(partial):
+    results, _, _ = partial
+    summary = json.loads((results / "metrics.json").read_text())
+    assert summary["n_runs"] == sum(len(v) for v in ACC.values()) + 1
+    abc_focal = summary["ref_abc"]["focal"]
+    assert abc_focal["avg_bc_T1"] == pytest.approx(0.67) and abc_focal["acc_a_T1"] == pytest.approx(0.72)
+    assert abc_focal["n_seeds_T1"] == 3
+    assert abc_focal["best_T"] == 10.0 and abc_focal["best_avg_bc"] == pytest.approx((0.73 + 0.74 + 0.745) / 3)
+    assert summary["ref_abc"]["ce"]["avg_bc_T1"] == pytest.approx(0.60)  # never pooled with focal
+    assert summary["none"]["focal"]["avg_bc_T1"] == pytest.approx(0.53) and "ce" not in summary["none"]
+    assert summary["best_run"] == {"correction": "ref_abc", "loss": "focal", "temperature": 10.0, "seed": 2,
+                                   "avg_bc": pytest.approx(0.745), "acc_a": pytest.approx(0.74)}
+
+
 def test_table3_quoted_rows_and_reproduction_rows(partial):
     results, _, _ = partial
     t3 = pd.read_csv(results / "tables" / "table3.csv")

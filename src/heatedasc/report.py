@@ -290,20 +290,23 @@ def plot_fig2(embedding_files: dict, out_png, *, class_names) -> None:
 
 
 def summary_metrics(runs: pd.DataFrame) -> dict:
-    """A flat summary for `dvc metrics show` (accuracies as fractions)."""
+    """The summary `dvc metrics show` prints, per correction and loss (accuracies as fractions, mean over
+    seeds): Dev.A and Avg.BC at the lowest T that ran, and the T with the best mean Avg.BC."""
     out: dict = {"n_runs": int(len(runs))}
-    for corr, g in runs.groupby("correction"):
+    for (corr, loss), g in runs.groupby(["correction", "loss"]):
         tmin = g["temperature"].min()
         at = g[g["temperature"] == tmin]
         by_t = g.groupby("temperature")["avg_bc"].mean()
-        out[corr] = {
+        out.setdefault(corr, {})[loss] = {
             f"avg_bc_T{tmin:g}": float(at["avg_bc"].mean()),
             f"acc_a_T{tmin:g}": float(at["acc_a"].mean()),
             "best_avg_bc": float(by_t.max()),
             "best_T": float(by_t.idxmax()),
+            "n_seeds_T{:g}".format(tmin): int(at["seed"].nunique()),
         }
     if runs["avg_bc"].notna().any():
         best = runs.loc[runs["avg_bc"].idxmax()]
-        out["best_run"] = {"avg_bc": float(best["avg_bc"]), "acc_a": float(best["acc_a"]),
-                           "temperature": float(best["temperature"]), "seed": int(best["seed"])}
+        out["best_run"] = {"correction": str(best["correction"]), "loss": str(best["loss"]),
+                           "temperature": float(best["temperature"]), "seed": int(best["seed"]),
+                           "avg_bc": float(best["avg_bc"]), "acc_a": float(best["acc_a"])}
     return out
