@@ -288,6 +288,23 @@ def test_resume_restores_the_lr_schedule(cache, tmp_path, caplog):
                                   pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds"))
 
 
+def test_every_epoch_reshuffles_all_training_rows(cache, tmp_path, monkeypatch):
+    import heatedasc.train as tr
+
+    orders = []
+    real_epoch = tr.train_epoch
+
+    def recording(model, optimizer, scaler, runner, x_train, onehot, order, **kw):
+        orders.append(order.tolist())
+        return real_epoch(model, optimizer, scaler, runner, x_train, onehot, order, **kw)
+
+    monkeypatch.setattr(tr, "train_epoch", recording)
+    train(cache, tmp_path / "shuffle")
+    assert len(orders) == 3
+    assert all(sorted(o) == list(range(60)) for o in orders)  # each epoch sees every training row once
+    assert orders[0] != orders[1] != orders[2] and orders[0] != list(range(60))
+
+
 def test_checkpoint_of_other_code_is_not_resumed(baseline, cache, tmp_path, caplog, monkeypatch):
     import heatedasc.train as tr
 
@@ -394,6 +411,10 @@ def test_bad_input_errors(cache, tmp_path):
     with pytest.raises(ValueError, match=re.escape(
             f"{cache[1][1]} and {leak[1]} share 1 file(s) (first: audio/train-5-b.wav)")):
         train(cache, out, test=leak)
+    gone = tmp_path / "gone" / "evaluate.npy"
+    with pytest.raises(ValueError, match=re.escape(f"{gone}: feature cache not found")):
+        train(cache, out, test=(gone, cache[2][1]))
+    assert not out.exists()  # every check above fails before anything is written
     tiny = write_cache(tmp_path / "tiny", "train", 12, seed=2, shape=(16, 20))
     tiny_eval = write_cache(tmp_path / "tiny", "evaluate", 12, seed=3, shape=(16, 20))
     with pytest.raises(ValueError, match=re.escape(f"{tiny[0]}: clips of (16, 20) are too small")):
