@@ -75,10 +75,10 @@ def run_stage(stage: str, folder: Path, threads: int, batch_size: int) -> dict:
     import torch
 
     from heatedasc.correction import compute_mean_spectra
-    from heatedasc.features import LogMelExtractor, build_feature_cache, compute_feature_stats
+    from heatedasc.features import LogMelExtractor, build_feature_cache, compute_feature_stats, read_manifest
 
     torch.set_num_threads(threads)
-    manifest = pd.read_csv(folder / "manifest.csv", dtype={"location": str, "segment": str})
+    manifest = read_manifest(folder / "manifest.csv")
     audio = folder / "audio"
     rng = np.random.default_rng(1)
     extractor = LogMelExtractor(sample_rate=SR, coefficients={d: rng.uniform(0.5, 2, 1025) for d in "abc"}, **PAPER)
