@@ -7,6 +7,7 @@
 from snakemake.utils import min_version, validate
 
 from heatedasc.config import check_consistency
+from heatedasc.ownership import check_data_root
 
 min_version("9.0")
 
@@ -16,6 +17,8 @@ configfile: os.path.join(workflow.basedir, "params.yaml")
 
 validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
 check_consistency(config)
+# before any job (and in `snakemake -n`): never plan to overwrite a dataset the generator did not write
+check_data_root(config["data"]["root"], synth_enabled=config["synth"]["enabled"])
 
 
 include: "workflow/rules/common.smk"

@@ -200,3 +200,75 @@ def test_wrong_sample_rate_mono_and_clipping_are_fixed_and_counted(root, tmp_pat
     assert report["files"]["clipped"] == [loud] and report["n_clipped"] == 1
     assert report["clipped_samples"][loud] == int(np.count_nonzero(np.abs(hot) >= 1.0))
     assert "clipped: 1 file(s)" in caplog.text and "resampled: 31 file(s)" in caplog.text
+
+
+def _truncated_copy(root, name, keep_bytes):
+    """Replace `name` under `root` by its first `keep_bytes` bytes, as a copy cut off mid-transfer would be."""
+    path = root / name
+    data = path.read_bytes()
+    path.write_bytes(data[:keep_bytes])
+    return path
+
+
+def _a_file(root):
+    return pd.read_csv(root / "evaluation_setup" / "fold1_train.csv", sep="\t")["filename"].iloc[0]
+
+
+def test_a_200_byte_copy_of_a_10s_48k_stereo_file_stops_prepare_naming_it(tmp_path):
+    root = tmp_path / "tau"
+    generate_dataset(root, seed=5, clip_seconds=10.0, sample_rate=SR, train_parallel_per_scene=1,
+                     train_a_only_per_scene=0, evaluate_parallel_per_scene=1, evaluate_a_only_per_scene=0,
+                     device_a_48k_stereo=True, cities=["lisbon"], device_strength_db=12.0, progress=False)
+    name = next(f for f in pd.read_csv(root / "meta.csv", sep="\t")["filename"] if f.endswith("-a.wav"))
+    assert sf.info(str(root / name)).samplerate == 48000 and sf.info(str(root / name)).channels == 2
+    path = _truncated_copy(root, name, 200)
+    assert sf.read(str(path))[0].shape == (26, 2)  # libsndfile reads the 26 frames that are there, silently
+    out = tmp_path / "out"
+    with pytest.raises(DatasetError) as err:
+        run(root, out, duration_s=10.0)
+    assert str(err.value) == (
+        f"{path}: truncated: its header declares 480000 frames (10.000 s) but the file holds 26 (0.001 s) "
+        "(set data.on_truncated: warn to zero-pad such files instead)"
+    )
+    assert not out.exists() or not any(out.rglob("*"))  # nothing half-written
+
+
+def test_a_truncated_file_whose_rest_is_long_enough_is_still_an_error(root, tmp_path):
+    name = _a_file(root)
+    size = (root / name).stat().st_size
+    path = _truncated_copy(root, name, size - 300)  # most of the clip is there, but not all the header promised
+    with pytest.raises(DatasetError, match=r"truncated: its header declares \d+ frames .* but the file holds \d+") as err:
+        run(root, tmp_path / "out")
+    assert str(path) in str(err.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
+
+
+def test_a_complete_but_short_file_under_half_the_duration_is_an_error(root, tmp_path):
+    name = _a_file(root)
+    wave, sr = read_audio(root / name)
+    write_wav(root / name, wave[:, : wave.shape[1] // 3], sr)  # a whole, valid wav of a third of the length
+    with pytest.raises(DatasetError) as err:
+        run(root, tmp_path / "out")
+    assert str(err.value).startswith(f"{root / name}: holds only ")
+    assert "less than half of data.duration_s" in str(err.value)
+
+
+def test_on_truncated_warn_zero_pads_lists_and_logs_the_file(root, tmp_path, caplog):
+    name = _a_file(root)
+    _truncated_copy(root, name, 200)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="heatedasc.prepare"):
+        manifest = run(root, out, on_truncated="warn")
+    assert name in set(manifest["filename"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["files"]["truncated"] == [name] and report["n_truncated"] == 1
+    assert "truncated: its header declares" in report["truncated_details"][name]["problem"]
+    assert name in report["files"]["padded"]
+    prepared, _ = read_audio(out / "audio" / name.split("/")[-1])
+    assert prepared.shape == (1, N)
+    assert any("zero-padded (data.on_truncated: warn)" in r.message for r in caplog.records)
+
+
+def test_on_truncated_policy_must_be_known(root, tmp_path):
+    with pytest.raises(ValueError, match="data.on_truncated must be one of"):
+        run(root, tmp_path / "out", on_truncated="ignore")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,33 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError for bad files
         raise ValueError(f"{path}: cannot read audio ({exc})") from exc
     return np.ascontiguousarray(data.T), int(sr)
+
+
+def wav_data_extent(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """(bytes the header's data chunk declares, bytes the file really holds after it, block align) of a WAV.
+
+    libsndfile silently shortens a cut-off file to the samples that are there, so a truncated copy reads as
+    a short clip; only the RIFF header tells. None when the file is not RIFF/WAVE, has no readable data
+    chunk, or the writer left the size open (0 or 0xFFFFFFFF, as streaming writers do).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return None
+        endian = "<" if head[:4] == b"RIFF" else ">"
+        size = os.fstat(fh.fileno()).st_size
+        pos, block_align = 12, 0
+        while pos + 8 <= size:
+            fh.seek(pos)
+            chunk_id, chunk_size = struct.unpack(endian + "4sI", fh.read(8))
+            if chunk_id == b"fmt " and chunk_size >= 14:
+                block_align = struct.unpack(endian + "H", fh.read(14)[12:14])[0]
+            elif chunk_id == b"data":
+                if chunk_size in (0, 0xFFFFFFFF) or block_align <= 0:
+                    return None
+                return chunk_size, size - (pos + 8), block_align
+            pos += 8 + chunk_size + (chunk_size & 1)
+    return None
 
 
 def to_mono_fixed(

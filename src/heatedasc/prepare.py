@@ -20,7 +20,7 @@ import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
-from heatedasc.audio import read_audio, to_mono_fixed, write_wav
+from heatedasc.audio import read_audio, to_mono_fixed, wav_data_extent, write_wav
 from heatedasc.fileio import atomic_path, chmod_default, write_json
 from heatedasc.tau import DEVICES, MANIFEST_COLUMNS, SPLITS, DatasetError, load_tau, summarize
 
@@ -38,16 +38,44 @@ def sha256_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _validate_headers(root: Path, filenames: Iterable[str], progress: bool) -> None:
-    """Open every file's header before anything is written, so a bad file fails fast."""
+TRUNCATION_POLICIES = ("error", "warn")
+
+
+def _check_files(
+    root: Path, filenames: Iterable[str], *, duration_s: float, on_truncated: str, progress: bool
+) -> dict[str, dict]:
+    """Open every file's header before anything is written, so a bad file fails fast.
+
+    A file cut short (its data ends before its header says, or it holds under half of ``duration_s``)
+    is an error, or with ``on_truncated='warn'`` a logged, reported file that gets zero-padded.
+    Returns {filename: details} of the cut-short files that were let through.
+    """
+    if on_truncated not in TRUNCATION_POLICIES:
+        raise ValueError(f"data.on_truncated must be one of {TRUNCATION_POLICIES}, got {on_truncated!r}")
+    truncated: dict[str, dict] = {}
     for name in tqdm(list(filenames), desc="check audio headers", disable=not progress):
         path = root / name
         try:
             info = sf.info(str(path))
+            extent = wav_data_extent(path)
         except Exception as exc:
             raise DatasetError(f"{path}: unreadable audio file ({exc})") from exc
         if info.frames <= 0 or info.channels <= 0:
             raise DatasetError(f"{path}: audio file holds no samples")
+        seconds = info.frames / info.samplerate
+        problem = None
+        if extent is not None and extent[1] < extent[0]:
+            declared = extent[0] // extent[2]
+            problem = (f"truncated: its header declares {declared} frames ({declared / info.samplerate:.3f} s) "
+                       f"but the file holds {info.frames} ({seconds:.3f} s)")
+        elif seconds < 0.5 * duration_s:
+            problem = f"holds only {seconds:.3f} s of audio, less than half of data.duration_s ({duration_s:g} s)"
+        if problem is None:
+            continue
+        if on_truncated == "error":
+            raise DatasetError(f"{path}: {problem} (set data.on_truncated: warn to zero-pad such files instead)")
+        truncated[name] = {"problem": problem, "frames": int(info.frames), "seconds": seconds}
+    return truncated
 
 
 def _replace_dir(staging: Path, target: Path) -> None:
@@ -78,11 +106,13 @@ def prepare_dataset(
     duration_s: float,
     length_tolerance: int,
     devices: Iterable[str] = DEVICES,
+    on_truncated: str = "error",
     progress: bool = True,
 ) -> pd.DataFrame:
     """Validate ``root`` and write fixed-length mono audio + manifest/summary/report.
 
-    Only fold1 train/evaluate files are converted and listed. On any error no output remains.
+    Only fold1 train/evaluate files are converted and listed. On any error no output remains. A file cut
+    short stops the stage (``on_truncated='error'``) or is zero-padded and listed (``'warn'``).
     """
     root = Path(root)
     audio_out_dir = Path(audio_out_dir)
@@ -98,11 +128,15 @@ def prepare_dataset(
     df = table[table["split"].isin(SPLITS)].reset_index(drop=True).copy()
     if df.empty:
         raise DatasetError(f"{root}: fold1_train.csv and fold1_evaluate.csv list no files")
-    _validate_headers(root, df["filename"], progress)
+    truncated = _check_files(root, df["filename"], duration_s=float(duration_s), on_truncated=on_truncated,
+                             progress=progress)
+    for name, details in truncated.items():
+        log.warning("%s: %s; zero-padded (data.on_truncated: warn)", root / name, details["problem"])
 
     changed: dict[str, list[str]] = {
         k: [] for k in ("resampled", "downmixed", "padded", "trimmed", "off_length", "clipped")
     }
+    changed["truncated"] = sorted(truncated)
     raw_lengths: dict[str, dict] = {}
     clipped_samples: dict[str, int] = {}
     hashes: list[str] = []
@@ -166,6 +200,7 @@ def prepare_dataset(
                 "files": changed,
                 "off_length_raw": raw_lengths,
                 "clipped_samples": clipped_samples,
+                "truncated_details": truncated,
                 "unused": unused,
             }
             manifest_tmp = outputs.enter_context(atomic_path(manifest_out))

@@ -15,11 +15,15 @@ Design
 * Layout: ``audio/<scene>-<city>-<location>-<segment>-<device>.wav`` (24-bit PCM), ``meta.csv``
   and ``evaluation_setup/fold1_{train,evaluate,test}.csv`` with the real headers, tab-separated.
   Train and evaluate use disjoint recording locations. Same seed => byte-identical output.
+* Ownership: the generator writes only into a folder that is absent, empty, or that it wrote itself
+  (it leaves ``.heatedasc-synthetic.json`` there). A folder holding anything else is a user's data and
+  is never replaced: see ``check_synthetic_root``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -34,6 +38,7 @@ from scipy.signal import lfilter, resample_poly
 from tqdm import tqdm
 
 from heatedasc.fileio import chmod_default
+from heatedasc.ownership import OWNER_MARKER, check_synthetic_root
 from heatedasc.tau import DEVICES, SCENES
 
 # Fixed seeds of the scene templates and device responses (the class/device design, not the data draw).
@@ -213,6 +218,7 @@ def generate_dataset(
 ) -> dict:
     """Write a TAU-layout synthetic dataset to ``root`` (atomically) and return a summary dict."""
     root = Path(root)
+    check_synthetic_root(root)
     cities = [str(c) for c in cities]
     if not cities or any("-" in c or not c for c in cities):
         raise ValueError(f"cities must be non-empty names without '-': {cities}")
@@ -299,6 +305,12 @@ def generate_dataset(
         _write_table(
             staging / "evaluation_setup" / "fold1_test.csv", ("filename",), [(f,) for f, _ in folds["evaluate"]]
         )
+        (staging / OWNER_MARKER).write_text(json.dumps({
+            "generator": "heatedasc.synth.generate_dataset",
+            "note": "written by heatedasc's synthetic generator; this folder may be regenerated or deleted by it",
+            "seed": int(seed), "clip_seconds": float(clip_seconds), "sample_rate": int(sample_rate),
+        }, indent=2) + "\n")
+        check_synthetic_root(root)  # again, right before replacing: the folder may have changed meanwhile
         if root.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
             os.rmdir(old)
@@ -324,7 +336,9 @@ def generate_dataset(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="heatedasc synth", description="Generate a synthetic TAU-layout dataset.")
-    p.add_argument("--root", required=True, help="output folder (replaced atomically)")
+    p.add_argument("--root", required=True,
+                   help="output folder: new, empty, or written by this generator before (then replaced atomically); "
+                        "a folder holding other files is refused")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--clip-seconds", type=float, default=10.0)
     p.add_argument("--sample-rate", type=int, default=44100)
@@ -344,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_synthetic_root(args.root, key="--root", hint="so heatedasc synth will not write there: it writes only "
+                         "into a new or empty folder, or one it generated itself before")
     summary = generate_dataset(
         args.root,
         seed=args.seed,

@@ -38,6 +38,7 @@ rule prepare:
         sample_rate=config["data"]["sample_rate"],
         duration_s=config["data"]["duration_s"],
         length_tolerance=config["data"]["length_tolerance"],
+        on_truncated=config["data"]["on_truncated"],
         devices=config["data"]["devices"],
     log:
         log_path("prepare"),

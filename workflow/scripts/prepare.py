@@ -19,6 +19,7 @@ with job_logging(snakemake.log[0], "heatedasc.prepare") as log:
         duration_s=p.duration_s,
         length_tolerance=p.length_tolerance,
         devices=p.devices,
+        on_truncated=p.on_truncated,
         progress=True,
     )
     log.info("prepared %d files from %s", len(manifest), root)

@@ -1,0 +1,164 @@
+"""A user's dataset is read-only input: the pipeline never deletes, replaces or rewrites a file under a
+`data.root` it did not generate itself, through Snakemake, the synthetic generator or its CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, venv_env
+from heatedasc.ownership import OWNER_MARKER, ForeignDataRootError, check_data_root, check_synthetic_root
+from heatedasc.synth import generate_dataset
+from test_workflow import TINY, snakemake, write_override
+
+SYNTH = dict(seed=3, clip_seconds=0.5, sample_rate=44100, train_parallel_per_scene=2, train_a_only_per_scene=2,
+             evaluate_parallel_per_scene=1, evaluate_a_only_per_scene=1, device_a_48k_stereo=True,
+             cities=["lisbon", "vienna"], device_strength_db=12.0, progress=False)
+
+
+def snapshot(root: Path) -> dict:
+    """Every file and folder under root: content hash, size, mtime and inode (any rewrite changes one)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        key = path.relative_to(root).as_posix()
+        if path.is_file():
+            out[key] = (hashlib.sha256(path.read_bytes()).hexdigest(), st.st_size, st.st_mtime_ns, st.st_ino)
+        else:
+            out[key] = ("dir", st.st_mode)
+    return out
+
+
+def users_dataset(path: Path) -> Path:
+    """A TAU-layout folder that is somebody's data: generated, then stripped of the generator's marker."""
+    generate_dataset(path, **SYNTH)
+    (path / OWNER_MARKER).unlink()
+    return path
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory) -> Path:
+    return users_dataset(tmp_path_factory.mktemp("user") / "my-TAU-copy")
+
+
+def test_generator_writes_new_empty_or_its_own_folder_only(tmp_path):
+    check_synthetic_root(tmp_path / "new")  # missing: fine
+    (tmp_path / "empty" / "evaluation_setup").mkdir(parents=True)  # Snakemake pre-creates output folders
+    check_synthetic_root(tmp_path / "empty")
+    generate_dataset(tmp_path / "ours", **SYNTH)
+    assert (tmp_path / "ours" / OWNER_MARKER).is_file()
+    before = snapshot(tmp_path / "ours")
+    generate_dataset(tmp_path / "ours", **SYNTH)  # regenerating its own folder is allowed and deterministic
+    after = snapshot(tmp_path / "ours")
+    assert {k: v[0] for k, v in before.items()} == {k: v[0] for k, v in after.items()}
+
+
+def test_generator_refuses_a_folder_holding_other_files_and_changes_nothing(tmp_path, user_data):
+    copy = tmp_path / "mine"
+    shutil.copytree(user_data, copy, copy_function=shutil.copy2)
+    (copy / "notes.txt").write_text("my notes\n")
+    before = snapshot(copy)
+    with pytest.raises(ForeignDataRootError) as err:
+        generate_dataset(copy, **SYNTH)
+    msg = str(err.value)
+    assert msg.startswith(f"data.root '{copy}' holds files the synthetic generator did not write (e.g. ")
+    assert OWNER_MARKER in msg and "synth.enabled" in msg
+    assert snapshot(copy) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no staging folder left beside it
+
+
+def test_synth_cli_refuses_a_users_folder(tmp_path, user_data):
+    before = snapshot(user_data)
+    proc = subprocess.run([sys.executable, "-m", "heatedasc.cli", "synth", "--root", str(user_data), "--seed", "0",
+                           "--clip-seconds", "0.2", "--no-progress"], capture_output=True, text=True, env=venv_env())
+    assert proc.returncode == 1
+    assert f"--root '{user_data}' holds files the synthetic generator did not write" in proc.stderr
+    assert "heatedasc synth will not write there" in proc.stderr
+    assert snapshot(user_data) == before
+
+
+def test_the_repositorys_synthetic_folder_may_not_hold_a_users_data(tmp_path):
+    home = tmp_path / "data" / "synthetic"
+    home.mkdir(parents=True)
+    check_data_root("data/synthetic", synth_enabled=False, base=tmp_path)  # empty: fine
+    (home / "meta.csv").write_text("filename\tscene_label\tidentifier\tsource_label\n")
+    with pytest.raises(ForeignDataRootError, match="is the synthetic generator's folder"):
+        check_data_root("data/synthetic", synth_enabled=False, base=tmp_path)
+    check_data_root(str(tmp_path / "elsewhere"), synth_enabled=False, base=tmp_path)  # a user's root: read-only input
+
+
+def demo_override(tmp_path: Path, root: Path, **extra) -> Path:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"]["root"] = str(root)
+    cfg.update(extra)
+    return write_override(tmp_path / "mine.yaml", cfg)
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("args", [("-n",), ("--cores", "1")])
+def test_demo_config_pointed_at_a_users_dataset_stops_at_planning(tmp_path, user_data, args):
+    """The demo config (synth.enabled: true) with data.root on a real dataset: refused before any job."""
+    before = snapshot(user_data)
+    proc = snakemake(tmp_path, *args, configfiles=[REPO / "config" / "smoke.yaml", demo_override(tmp_path, user_data)],
+                     check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"data.root '{user_data}' holds files the synthetic generator did not write" in out
+    assert "synth.enabled" in out
+    assert snapshot(user_data) == before
+    assert not (tmp_path / "results").exists()
+
+
+def read_only(root: Path, cmd: list[str]) -> list[str]:
+    """Run cmd with `root` read-only: a read-only bind mount in a private mount namespace as root (root
+    ignores permission bits), chmod a-w otherwise."""
+    if os.geteuid() == 0:
+        if shutil.which("unshare") is None:
+            pytest.skip("unshare is needed to make a read-only tree for root")
+        script = f'mount --bind "{root}" "{root}" && mount -o remount,ro,bind "{root}" "{root}" && exec "$0" "$@"'
+        return ["unshare", "--mount", "sh", "-c", script, *cmd]
+    subprocess.run(["chmod", "-R", "a-w", str(root)], check=True)
+    return cmd
+
+
+def run_read_only(tmp_path: Path, root: Path, override: Path, *targets: str):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(REPO / "params.yaml"), str(override), "--cores", "2", *targets]
+    try:
+        proc = subprocess.run(read_only(root, cmd), capture_output=True, text=True, env=venv_env(), timeout=1200)
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(root)], check=True)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
+    return proc
+
+
+@pytest.mark.workflow
+def test_whole_dag_runs_on_a_read_only_users_dataset(tmp_path, user_data):
+    """The paper configuration's route (synthesis off) on a TAU-layout copy that nobody may write."""
+    root = tmp_path / "ro-TAU"
+    shutil.copytree(user_data, root, copy_function=shutil.copy2)
+    before = snapshot(root)
+    override = demo_override(tmp_path, root, synth={"enabled": False})
+    run_read_only(tmp_path, root, override)
+    assert (tmp_path / "results" / "tables" / "table2.csv").is_file()
+    assert json.loads((tmp_path / "results" / "prepared" / "report.json").read_text())["n_downmixed"] > 0
+    assert snapshot(root) == before
+
+
+@pytest.mark.workflow
+def test_demo_runs_on_its_synthetic_data_made_read_only(tmp_path):
+    """The demo's route: synthesize, then every later job reads the generated folder without writing it."""
+    root = tmp_path / "data" / "synthetic"
+    override = demo_override(tmp_path, root)
+    snakemake(tmp_path, "--cores", "1", "synthetic_data", configfiles=[override])
+    before = snapshot(root)
+    run_read_only(tmp_path, root, override)
+    assert (tmp_path / "results" / "report.html").is_file()
+    assert snapshot(root) == before
