@@ -4,9 +4,10 @@
 #   snakemake -n                                                          # plan the paper grid
 #   snakemake --profile slurm                                             # the same DAG on SLURM
 
-from snakemake.utils import min_version, validate
+from snakemake.logging import logger
+from snakemake.utils import min_version
 
-from heatedasc.config import check_consistency
+from heatedasc.config import hidden_edits, validate_config
 from heatedasc.ownership import check_data_root
 
 min_version("9.0")
@@ -15,8 +16,9 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "params.yaml")
 
 
-validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
-check_consistency(config)
+validate_config(config)  # the project's one loader: schema + cross-key checks (heatedasc.config)
+for problem in hidden_edits([os.path.join(workflow.basedir, "params.yaml"), *workflow.overwrite_configfiles]):
+    logger.warning(f"warning: {problem}")  # DVC's config stage refuses these; a plain run only warns
 # before any job (and in `snakemake -n`): never plan to overwrite a dataset the generator did not write
 check_data_root(config["data"]["root"], synth_enabled=config["synth"]["enabled"])
 

@@ -81,3 +81,64 @@ def test_cross_key_errors_name_the_key(edit, message):
     edit(cfg)
     with pytest.raises(ValueError, match=message):
         check_consistency(cfg)
+
+
+def _git_project(tmp_path):
+    import shutil
+    import subprocess
+
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(REPO / "config" / "smoke.yaml", tmp_path / "config" / "smoke.yaml")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "c"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, env={**__import__("os").environ, **env})
+    return tmp_path
+
+
+def _edit(path, section, key, value):
+    data = yaml.safe_load(path.read_text())
+    data[section][key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_an_edit_that_a_later_config_file_overrides_is_named(tmp_path):
+    from heatedasc.config import check_hidden_edits, hidden_edits
+
+    repo = _git_project(tmp_path)
+    files = [repo / "params.yaml", repo / "config" / "smoke.yaml"]
+    assert hidden_edits(files) == []
+    _edit(repo / "params.yaml", "train", "lr", 0.1)  # smoke.yaml does not set it: takes effect
+    _edit(repo / "config" / "smoke.yaml", "train", "epochs", 20)  # the last file always wins
+    assert hidden_edits(files) == []
+    _edit(repo / "params.yaml", "train", "epochs", 20)  # smoke.yaml sets train.epochs: no effect
+    problems = hidden_edits(files)
+    assert problems == [
+        f"{files[0]}: train.epochs changed since the last commit (150 -> 20), but {files[1]}, merged after it, "
+        f"sets train.epochs too, so the change has no effect; set it in {files[1]} instead "
+        f"(dvc exp run -S '{files[1]}:train.epochs=...')"
+    ]
+    with pytest.raises(ValueError, match="train.epochs changed since the last commit"):
+        check_hidden_edits(files)
+
+
+def test_config_write_refuses_a_hidden_edit_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import venv_env
+
+    repo = _git_project(tmp_path)
+    _edit(repo / "params.yaml", "model", "bn_eps", 0.01)  # smoke.yaml does not set it
+    out = repo / "results" / "config.yaml"
+    cmd = [sys.executable, "-m", "heatedasc.cli", "config", "--write", str(out)]
+    ok = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=venv_env())
+    assert ok.returncode == 0, ok.stderr
+    assert yaml.safe_load(out.read_text())["model"]["bn_eps"] == 0.01
+    assert yaml.safe_load(out.read_text())["train"]["epochs"] == 8  # smoke.yaml's value: what runs
+    out.unlink()
+    _edit(repo / "params.yaml", "features", "n_mels", 128)  # smoke.yaml sets 64
+    bad = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=venv_env())
+    assert bad.returncode == 1
+    assert "params.yaml: features.n_mels changed since the last commit (256 -> 128)" in bad.stderr
+    assert not out.exists()

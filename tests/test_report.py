@@ -287,8 +287,8 @@ def test_no_runs_is_a_clear_error(tmp_path, capsys):
     from heatedasc.cli import main
 
     code = main(["report", "--results", str(tmp_path / "results"), "--configfile", str(REPO / "params.yaml")])
-    assert code == 2
-    assert "no training runs found" in capsys.readouterr().out
+    assert code == 1
+    assert "heatedasc report: error: " in capsys.readouterr().err
     assert not (tmp_path / "results" / "tables").exists()
 
 
@@ -297,8 +297,8 @@ def test_cli_rejects_a_bad_config_naming_the_key(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({"report": {"confidence": 2}}))
     from heatedasc.cli import main
 
-    assert main(["report", "--results", str(tmp_path), "--configfile", str(REPO / "params.yaml"), str(bad)]) == 2
-    assert "report.confidence" in capsys.readouterr().out
+    assert main(["report", "--results", str(tmp_path), "--configfile", str(REPO / "params.yaml"), str(bad)]) == 1
+    assert "report.confidence" in capsys.readouterr().err
 
 
 def test_html_report_contains_every_artefact(partial):

@@ -176,6 +176,7 @@ def test_bad_meta_row_stops_at_prepare_and_leaves_nothing(tmp_path):
 @pytest.mark.workflow
 def test_lineage_audit_reports_exactly_what_went_stale(tmp_path):
     from heatedasc import lineage
+    from heatedasc.config import load_config
 
     cfg = json.loads(json.dumps(TINY))
     cfg["data"]["root"] = str(tmp_path / "data" / "synthetic")
@@ -186,7 +187,7 @@ def test_lineage_audit_reports_exactly_what_went_stale(tmp_path):
 
     def audit(target, config_files=configs):
         return lineage.audit(tmp_path / target, results_dir=tmp_path / "results", base=tmp_path,
-                             config=lineage.load_config(config_files))
+                             config=load_config(config_files))
 
     root = audit("results/tables/table3.csv")
     assert not root.stale and lineage.stale_records(root) == []
@@ -219,6 +220,6 @@ def test_lineage_audit_reports_exactly_what_went_stale(tmp_path):
     stale = lineage.stale_records(root)
     assert [Path(s).name for s in stale] == ["provenance.json"] and "prepared" in stale[0]
     assert root.stale
-    out = subprocess.run([sys.executable, "-m", "heatedasc.cli", "lineage", "results/tables/table2.csv"],
+    out = subprocess.run([sys.executable, "-m", "heatedasc.cli", "lineage", "results/tables/table2.csv", "--no-config"],
                          cwd=tmp_path, capture_output=True, text=True, env=venv_env())
-    assert out.returncode == 1 and "STALE" in out.stdout and "changed" in out.stdout
+    assert out.returncode == 3 and "STALE" in out.stdout and "changed" in out.stdout  # 3: checked, found stale

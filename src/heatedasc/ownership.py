@@ -45,7 +45,8 @@ def check_synthetic_root(root: str | os.PathLike, *, key: str = "data.root", hin
     if hint is None:
         hint = (
             "and synth.enabled is true, so synthesis would replace them. To use that data, set "
-            f"synth.enabled: false; to generate synthetic data, point {key} at a new or empty folder."
+            f"synth.enabled: false; to generate synthetic data, point {key} at a new or empty folder (synthetic "
+            "data written by a heatedasc older than the marker: delete the folder and run again)."
         )
     if not root.is_dir():
         raise ForeignDataRootError(f"{key} '{root}' is a file, not a folder, {hint}")

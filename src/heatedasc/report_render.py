@@ -166,31 +166,9 @@ def grid_axes(config: Mapping, runs: pd.DataFrame | None = None) -> dict:
 
 
 def load_config(configfiles) -> dict:
-    """Merge the config files as Snakemake does and validate them against the workflow's schema."""
-    from heatedasc.lineage import load_config as merge
+    from heatedasc.config import load_config as load
 
-    missing = [f for f in configfiles if not Path(f).is_file()]
-    if missing:
-        raise ValueError(f"config file(s) not found: {', '.join(missing)}")
-    config = merge(configfiles)
-    schema = Path(configfiles[0]).resolve().parent / "workflow" / "schemas" / "config.schema.yaml"
-    if schema.is_file():
-        import jsonschema
-        import yaml
-
-        try:
-            jsonschema.validate(config, yaml.safe_load(schema.read_text()))
-        except jsonschema.ValidationError as exc:
-            where = ".".join(map(str, exc.absolute_path)) or "(top level)"
-            raise ValueError(f"config key {where}: {exc.message}") from None
-    for key in ("report", "paper", "sweep"):
-        if key not in config:
-            raise ValueError(f"config lacks the `{key}:` section (pass params.yaml first)")
-    if "correction" in config and "data" in config:
-        from heatedasc.config import check_consistency
-
-        check_consistency(config)
-    return config
+    return load(configfiles)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,6 @@ Design
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -333,51 +332,3 @@ def generate_dataset(
         "device_a_48k_stereo": bool(device_a_48k_stereo),
     }
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="heatedasc synth", description="Generate a synthetic TAU-layout dataset.")
-    p.add_argument("--root", required=True,
-                   help="output folder: new, empty, or written by this generator before (then replaced atomically); "
-                        "a folder holding other files is refused")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--clip-seconds", type=float, default=10.0)
-    p.add_argument("--sample-rate", type=int, default=44100)
-    p.add_argument("--train-parallel-per-scene", type=int, default=54)
-    p.add_argument("--train-a-only-per-scene", type=int, default=864)
-    p.add_argument("--evaluate-parallel-per-scene", type=int, default=54)
-    p.add_argument("--evaluate-a-only-per-scene", type=int, default=364)
-    p.add_argument("--device-a-48k-stereo", action="store_true")
-    p.add_argument("--cities", nargs="+",
-                   default=["barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague",
-                            "stockholm", "vienna"])
-    p.add_argument("--device-strength-db", type=float, default=12.0)
-    p.add_argument("--segments-per-location", type=int, default=4)
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    check_synthetic_root(args.root, key="--root", hint="so heatedasc synth will not write there: it writes only "
-                         "into a new or empty folder, or one it generated itself before")
-    summary = generate_dataset(
-        args.root,
-        seed=args.seed,
-        clip_seconds=args.clip_seconds,
-        sample_rate=args.sample_rate,
-        train_parallel_per_scene=args.train_parallel_per_scene,
-        train_a_only_per_scene=args.train_a_only_per_scene,
-        evaluate_parallel_per_scene=args.evaluate_parallel_per_scene,
-        evaluate_a_only_per_scene=args.evaluate_a_only_per_scene,
-        device_a_48k_stereo=args.device_a_48k_stereo,
-        cities=args.cities,
-        device_strength_db=args.device_strength_db,
-        segments_per_location=args.segments_per_location,
-        progress=not args.no_progress,
-    )
-    print(f"wrote {summary['n_files']} files to {summary['root']} ({summary['counts']})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
