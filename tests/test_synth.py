@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from heatedasc.synth import generate_dataset, main
+from heatedasc.cli import main as cli_main
+from heatedasc.synth import generate_dataset
 from heatedasc.tau import DEVICES, SCENES, load_tau
 
 CITIES = ["barcelona", "helsinki", "lisbon"]
@@ -145,8 +146,8 @@ def test_a_48k_stereo_option(tmp_path):
 def test_cli_main_matches_function(tmp_path, dataset):
     root, _ = dataset
     out = tmp_path / "cli"
-    rc = main([
-        "--root", str(out), "--seed", "0", "--clip-seconds", "1", "--sample-rate", "44100",
+    rc = cli_main([
+        "synth", "--root", str(out), "--seed", "0", "--clip-seconds", "1", "--sample-rate", "44100",
         "--train-parallel-per-scene", "2", "--train-a-only-per-scene", "2",
         "--evaluate-parallel-per-scene", "1", "--evaluate-a-only-per-scene", "1",
         "--cities", *CITIES, "--device-strength-db", "12", "--no-progress",
