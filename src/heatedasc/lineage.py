@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from heatedasc.provenance import sha256_path
+from heatedasc.provenance import load_volatile, sha256_path
 
 # The config sections whose values decide each stage's outputs (besides its input files).
 STAGE_SECTIONS = {
@@ -58,6 +58,7 @@ class Link:
 class Node:
     record_path: str
     record: dict
+    volatile: dict = field(default_factory=dict)  # when/where it ran: logs/provenance/, {} on another machine
     links: list[Link] = field(default_factory=list)
     config_changes: list[str] = field(default_factory=list)
     parents: list["Node"] = field(default_factory=list)
@@ -151,7 +152,7 @@ def audit(
     def visit(rec_file: str, record: dict) -> Node:
         if rec_file in nodes:
             return nodes[rec_file]
-        node = Node(rec_file, record)
+        node = Node(rec_file, record, load_volatile(rec_file, base))
         nodes[rec_file] = node
         for role, items in (("input", record.get("inputs", {})), ("output", record.get("outputs", {}))):
             for k, paths in items.items():
@@ -194,19 +195,24 @@ def render(root: Node, *, verbose: bool = False) -> str:
     printed: set[str] = set()
 
     def describe(n: Node) -> str:
-        r = n.record
+        r, v = n.record, n.volatile
         wc = ", ".join(f"{k}={v}" for k, v in r.get("wildcards", {}).items())
-        code = r.get("code", {})
-        commit = (code.get("git_commit") or "no git")[:10] + (" (dirty)" if code.get("git_dirty") else "")
-        slurm = r.get("slurm") or {}
-        host = r.get("host", {})
-        where = host.get("hostname", "?") + (f", SLURM job {slurm.get('slurm_job_id')}" if slurm else "")
-        gpus = host.get("gpus")
-        if gpus:
-            where += f", GPU {', '.join(gpus)}"
+        code = (r.get("code") or {}).get("package_sha256", "?")[:10]
         torch_v = r.get("packages", {}).get("torch")
         status = "STALE" if n.stale else "ok"
-        return f"[{status}] {n.stage}({wc}) at {r.get('created', '?')} on {where}; code {commit}; torch {torch_v}"
+        if not v:
+            where = "when/where not recorded on this machine"
+        else:
+            git = v.get("git") or {}
+            slurm = v.get("slurm") or {}
+            host = v.get("host") or {}
+            where = f"at {v.get('created', '?')} on {host.get('hostname', '?')}"
+            if slurm:
+                where += f", SLURM job {slurm.get('slurm_job_id')}"
+            if host.get("gpus"):
+                where += f", GPU {', '.join(host['gpus'])}"
+            where += "; git " + (git.get("git_commit") or "none")[:10] + (" (dirty)" if git.get("git_dirty") else "")
+        return f"[{status}] {n.stage}({wc}) {where}; code {code}; torch {torch_v}"
 
     def walk(n: Node, depth: int):
         pad = "  " * depth
@@ -247,8 +253,7 @@ def to_dict(root: Node) -> dict:
                 "config_changes": n.config_changes,
                 "code": n.record.get("code"),
                 "packages": n.record.get("packages"),
-                "host": n.record.get("host"),
-                "slurm": n.record.get("slurm"),
+                "volatile": n.volatile,
                 "parents": [p.record_path for p in n.parents],
             }
             for p in n.parents:

@@ -1,4 +1,10 @@
-"""Provenance records: what went into an output (content hashes, config, code, packages, host, job)."""
+"""Provenance records: what went into an output (content hashes, config, code, packages, host, job).
+
+Each job writes two records. The *stable* one sits beside its outputs (DVC-tracked): content hashes of
+inputs and outputs, params, config, code and package versions — identical when an identical job reruns, so
+`dvc.lock` does not change. The *volatile* one (when, on which host and GPU, which SLURM job, which git
+commit) goes to `logs/provenance/<record path>`, outside every tracked output; `heatedasc lineage` reads both.
+"""
 
 from __future__ import annotations
 
@@ -45,11 +51,15 @@ def sha256_file(path: str | os.PathLike, *, use_cache: bool = True) -> str:
 _CACHE: list = []
 
 
+VOLATILE_DIR = Path("logs") / "provenance"
+HASH_CACHE = Path(".snakemake") / "heatedasc" / "hashes.sqlite"  # in the working directory: a folder the project owns
+
+
 def _hash_cache():
-    """The on-disk hash memo ($HEATEDASC_HASH_CACHE, default ~/.cache/heatedasc/hashes.sqlite); None if unusable."""
+    """The on-disk hash memo ($HEATEDASC_HASH_CACHE, default .snakemake/heatedasc/hashes.sqlite); None if unusable."""
     if _CACHE:
         return _CACHE[0]
-    location = os.environ.get("HEATEDASC_HASH_CACHE", str(Path.home() / ".cache" / "heatedasc" / "hashes.sqlite"))
+    location = os.environ.get("HEATEDASC_HASH_CACHE", str(HASH_CACHE))
     conn = None
     if location.lower() not in ("", "off", "none", "0"):
         try:
@@ -80,11 +90,15 @@ def sha256_path(path: str | os.PathLike) -> str:
     return sha256_tree(path) if Path(path).is_dir() else sha256_file(path)
 
 
-def code_version(repo_dir: str | os.PathLike | None = None) -> dict:
-    """The git commit and dirty flag of the checkout, plus a hash of the installed library source."""
-    pkg_dir = Path(__file__).resolve().parent
-    repo = Path(repo_dir) if repo_dir else pkg_dir.parents[1]
-    info: dict = {"package_sha256": _source_hash(pkg_dir)}
+def code_version() -> dict:
+    """A hash of the library's source (stable: the same code gives the same value on every machine)."""
+    return {"package_sha256": _source_hash(Path(__file__).resolve().parent)}
+
+
+def git_version(repo_dir: str | os.PathLike | None = None) -> dict:
+    """The git commit and dirty flag of the checkout (volatile: a new commit changes it, not the code)."""
+    repo = Path(repo_dir) if repo_dir else Path(__file__).resolve().parents[2]
+    info: dict = {}
     try:
         commit = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
@@ -151,8 +165,8 @@ def collect(
     params: Mapping | None = None,
     wildcards: Mapping | None = None,
     config: Mapping | None = None,
-) -> dict:
-    """A provenance record. Inputs are hashed by content (folders as trees); outputs likewise if given."""
+) -> tuple[dict, dict]:
+    """(stable, volatile) provenance records. Inputs are hashed by content (folders as trees); outputs too."""
 
     def hashes(items):
         out = {}
@@ -161,9 +175,8 @@ def collect(
             out[key] = {str(p): sha256_path(p) for p in paths if Path(p).exists()}
         return out
 
-    return {
+    stable = {
         "stage": stage,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "wildcards": dict(wildcards or {}),
         "params": dict(params or {}),
         "inputs": hashes(inputs),
@@ -171,13 +184,39 @@ def collect(
         "config": dict(config or {}),
         "code": code_version(),
         "packages": package_versions(),
+    }
+    volatile = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_version(),
         "host": host_info(),
         "slurm": slurm_info(),
     }
+    return stable, volatile
+
+
+def volatile_path(record_path: str | os.PathLike) -> Path:
+    """Where the volatile half of the record at `record_path` (relative to the working directory) lives."""
+    rel = Path(os.path.relpath(Path(record_path).resolve(), Path.cwd().resolve()))
+    if rel.parts and rel.parts[0] == "..":  # a record outside the working directory: key it by its full path
+        rel = Path("external", *Path(record_path).resolve().parts[1:])
+    return VOLATILE_DIR / rel
+
+
+def load_volatile(record_path: str | os.PathLike, base: str | os.PathLike = ".") -> dict:
+    """The volatile half of a record, or {} where it is not on this machine (e.g. a clone that pulled results)."""
+    import json
+
+    rel = os.path.relpath(Path(record_path).resolve(), Path(base).resolve())
+    path = Path(base) / VOLATILE_DIR / rel
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def record_job(smk, stage: str, provenance_key: str = "provenance") -> dict:
-    """Write the provenance record of a Snakemake job to its `provenance` output and return it.
+    """Write the provenance records of a Snakemake job (stable to its `provenance` output, volatile to
+    logs/provenance/) and return the stable one.
 
     Inputs (including the library modules listed as `code`) and all other outputs are hashed by
     content, so `heatedasc lineage` can later tell which links still match what is on disk.
@@ -187,7 +226,7 @@ def record_job(smk, stage: str, provenance_key: str = "provenance") -> dict:
     outputs = {k: v for k, v in smk.output.items() if k != provenance_key}
     if not outputs and len(smk.output) > 1:
         outputs = {"output": [p for p in smk.output if p != smk.output.get(provenance_key)]}
-    record = collect(
+    stable, volatile = collect(
         stage=stage,
         inputs=dict(smk.input.items()) or {"input": list(smk.input)},
         outputs=outputs,
@@ -195,5 +234,7 @@ def record_job(smk, stage: str, provenance_key: str = "provenance") -> dict:
         wildcards=dict(smk.wildcards.items()),
         config=dict(smk.config),
     )
-    write_json(smk.output[provenance_key], record)
-    return record
+    record_path = smk.output[provenance_key]
+    write_json(volatile_path(record_path), volatile)
+    write_json(record_path, stable)
+    return stable
