@@ -41,11 +41,10 @@ def _set_threads(n: int) -> None:
 SR = 44100
 N_SAMPLES = 10 * SR
 PAPER = dict(n_fft=2048, hop_length=512, n_mels=256, f_min=0.0, f_max=22050.0, log_offset=1e-7, remove_dc=True)
-DEVICES = ("a", "b", "c")
 
 
-def write_clips(folder: Path, n: int, seed: int = 0) -> list[tuple[Path, str]]:
-    """n synthetic 10 s mono 44.1 kHz PCM_24 wavs (coloured noise + tone + DC), devices a, b, c in turn."""
+def write_clips(folder: Path, n: int, devices: tuple[str, ...], seed: int = 0) -> list[tuple[Path, str]]:
+    """n synthetic 10 s mono 44.1 kHz PCM_24 wavs (coloured noise + tone + DC), one device after another."""
     import numpy as np
     import soundfile as sf
 
@@ -57,20 +56,20 @@ def write_clips(folder: Path, n: int, seed: int = 0) -> list[tuple[Path, str]]:
         brown = np.cumsum(white) / np.sqrt(N_SAMPLES)
         x = 0.02 * white + 0.2 * brown + 0.05 * np.sin(2 * np.pi * (200 + 10 * i) * t) + 0.01
         x = 0.9 * x / np.abs(x).max()
-        device = DEVICES[i % len(DEVICES)]
+        device = devices[i % len(devices)]
         path = folder / f"clip{i:03d}-{device}.wav"
         sf.write(path, x.astype(np.float32), SR, subtype="PCM_24")
         out.append((path, device))
     return out
 
 
-def make_coefficients(seed: int = 1) -> dict:
+def make_coefficients(devices: tuple[str, ...], seed: int = 1) -> dict:
     import numpy as np
 
     rng = np.random.default_rng(seed)
     f = np.linspace(0, 1, PAPER["n_fft"] // 2 + 1)
     coefs = {}
-    for d in DEVICES:
+    for d in devices:
         phase, amp = rng.uniform(0, 6), rng.uniform(0.3, 1.0)
         coefs[d] = np.exp(amp * np.sin(8 * f + phase))  # smooth, ~0.37 .. 2.7
     return coefs
@@ -86,8 +85,9 @@ class Project:
 
         self.torch = torch
         self.batch_size = batch_size
-        self.extractor = LogMelExtractor(sample_rate=SR, coefficients=coefficients, devices=DEVICES, **PAPER).to(
-            resolve_device(device, "--device"))  # on CUDA: one batched STFT + mel product per batch on the GPU
+        extractor = LogMelExtractor(sample_rate=SR, coefficients=coefficients, devices=tuple(coefficients), **PAPER)
+        # on CUDA: one batched STFT + mel product per batch on the GPU
+        self.extractor = extractor.to(resolve_device(device, "--device"))
 
     def load(self, path: Path):
         from heatedasc.audio import read_audio, to_mono_fixed
@@ -162,10 +162,12 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from heatedasc.tau import DEVICES
+
     torch.set_num_threads(args.threads)
-    coefficients = make_coefficients()
+    coefficients = make_coefficients(DEVICES)
     with tempfile.TemporaryDirectory(prefix="bench_features-") as tmp:
-        clips = write_clips(Path(tmp), args.clips)
+        clips = write_clips(Path(tmp), args.clips, DEVICES)
         devices = [d for _, d in clips]
         project, reference = Project(coefficients, args.batch_size, args.device), Librosa(coefficients)
         # Warm-up: first calls of torch / librosa (FFT plans, numba, page cache of the wavs).

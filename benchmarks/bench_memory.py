@@ -75,13 +75,15 @@ def run_stage(stage: str, folder: Path, threads: int, batch_size: int) -> dict:
     import torch
 
     from heatedasc.correction import compute_mean_spectra
-    from heatedasc.features import LogMelExtractor, build_feature_cache, compute_feature_stats, read_manifest
+    from heatedasc.feature_stats import compute_feature_stats
+    from heatedasc.features import LogMelExtractor, build_feature_cache
+    from heatedasc.tau import DEVICES, read_manifest
 
     torch.set_num_threads(threads)
     manifest = read_manifest(folder / "manifest.csv")
     audio = folder / "audio"
     rng = np.random.default_rng(1)
-    extractor = LogMelExtractor(sample_rate=SR, coefficients={d: rng.uniform(0.5, 2, 1025) for d in "abc"}, **PAPER)
+    extractor = LogMelExtractor(sample_rate=SR, coefficients={d: rng.uniform(0.5, 2, 1025) for d in DEVICES}, **PAPER)
     stats = {"mean": np.zeros(256), "std": np.ones(256), "n_frames": 1, "n_files": 1}
     base_anon, base_rss = _status_kb("RssAnon"), _status_kb("VmRSS")
     peak = {"anon": base_anon}
@@ -96,7 +98,7 @@ def run_stage(stage: str, folder: Path, threads: int, batch_size: int) -> dict:
     sampler.start()
     t0 = time.perf_counter()
     if stage == "mean_spectra":
-        compute_mean_spectra(manifest, audio, n_fft=2048, hop_length=512, remove_dc=True, devices=("a", "b", "c"),
+        compute_mean_spectra(manifest, audio, n_fft=2048, hop_length=512, remove_dc=True, devices=DEVICES,
                              batch_size=batch_size, progress=False)
     elif stage == "feature_stats":
         compute_feature_stats(manifest, audio, extractor, batch_size=batch_size, progress=False)

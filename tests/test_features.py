@@ -1,8 +1,10 @@
-"""Log-mel features: STFT shape and exactness, librosa parity, folded correction, stats, cache."""
+"""Log-mel features: STFT shape and exactness (dsp), librosa parity, folded correction, stats (feature_stats),
+cache (features.build_feature_cache writing through feature_cache)."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,18 +13,12 @@ import pytest
 import soundfile as sf
 import torch
 
+import heatedasc.feature_cache as feature_cache_module
 import heatedasc.features as features_module
-from heatedasc.features import (
-    LogMelExtractor,
-    RunningMeanStd,
-    build_feature_cache,
-    compute_feature_stats,
-    load_feature_cache,
-    load_stats,
-    mel_filterbank,
-    save_stats,
-    stft_magnitude,
-)
+from heatedasc.dsp import mel_filterbank, stft_magnitude
+from heatedasc.feature_cache import cache_key, load_feature_cache
+from heatedasc.feature_stats import RunningMeanStd, compute_feature_stats, load_stats, save_stats
+from heatedasc.features import LogMelExtractor, build_feature_cache
 
 torch.set_num_threads(2)
 
@@ -204,7 +200,8 @@ def test_standardised_train_cache_and_index(tmp_path):
 
     info = build_feature_cache(manifest, "train", audio, extractor, stats, tmp_path / "c" / "train.npy",
                                tmp_path / "c" / "train.csv", batch_size=4, progress=False)
-    array, index = load_feature_cache(tmp_path / "c" / "train.npy", tmp_path / "c" / "train.csv")
+    cache = load_feature_cache(tmp_path / "c" / "train.npy", tmp_path / "c" / "train.csv")
+    array, index = cache.features, cache.index
     assert array.dtype == np.float16 and array.shape == (9, 32, n_frames)
     assert info["shape"] == [9, 32, n_frames]
     assert info["sha256"] == hashlib.sha256((tmp_path / "c" / "train.npy").read_bytes()).hexdigest()
@@ -220,7 +217,8 @@ def test_standardised_train_cache_and_index(tmp_path):
 
     build_feature_cache(manifest, "evaluate", audio, extractor, stats, tmp_path / "c" / "evaluate.npy",
                         tmp_path / "c" / "evaluate.csv", batch_size=4, progress=False)
-    array, index = load_feature_cache(tmp_path / "c" / "evaluate.npy", tmp_path / "c" / "evaluate.csv")
+    cache = load_feature_cache(tmp_path / "c" / "evaluate.npy", tmp_path / "c" / "evaluate.csv")
+    array, index = cache.features, cache.index
     assert array.shape == (2, 32, n_frames) and index["device"].tolist() == ["a", "b"]
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["evaluate.csv", "evaluate.npy",
                                                                  "train.csv", "train.npy"]
@@ -243,9 +241,37 @@ def test_cache_errors_name_the_file(tmp_path):
     manifest = manifest.iloc[:2]
     build_feature_cache(manifest, "train", audio, extractor, stats, out, tmp_path / "out" / "train.csv",
                         batch_size=2, progress=False)
-    pd.read_csv(tmp_path / "out" / "train.csv").iloc[:1].to_csv(tmp_path / "out" / "short.csv", index=False)
-    with pytest.raises(ValueError, match=r"train\.npy has 2 rows but .*short\.csv lists 1"):
-        load_feature_cache(out, tmp_path / "out" / "short.csv")
+    short = tmp_path / "out" / "short.csv"
+    pd.read_csv(tmp_path / "out" / "train.csv").iloc[:1].to_csv(short, index=False)
+    with pytest.raises(ValueError, match=re.escape(f"{short}: 1 rows but {out} holds 2 clips")):
+        load_feature_cache(out, short)
+
+
+def test_loading_a_cache_checks_it_against_its_index(tmp_path):
+    """The one loader (training reads caches with it too): each mismatch is an error naming the file."""
+    npy, csv = tmp_path / "x.npy", tmp_path / "x.csv"
+    np.save(npy, np.zeros((3, 4, 5), dtype=np.float16))
+    index = pd.DataFrame({"row": [0, 1, 2], "filename": ["audio/a.wav", "audio/b.wav", "audio/c.wav"],
+                          "scene_label": "bus", "label": 1, "device": ["a", "b", "c"], "identifier": "lyon-1",
+                          "group": ["g0", "g1", "g2"]})
+    index.to_csv(csv, index=False)
+    cache = load_feature_cache(npy, csv)
+    assert cache.clip_shape == (4, 5) and cache.features.dtype == np.float16
+    assert isinstance(cache.features, np.memmap) and cache.index["device"].tolist() == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'gone.npy'}: feature cache not found")):
+        load_feature_cache(tmp_path / "gone.npy", csv)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'gone.csv'}: feature index not found")):
+        load_feature_cache(npy, tmp_path / "gone.csv")
+    np.save(tmp_path / "flat.npy", np.zeros((3, 20), dtype=np.float16))
+    with pytest.raises(ValueError, match=re.escape(
+            f"{tmp_path / 'flat.npy'}: expected a (N, n_mels, n_frames) array, got shape (3, 20)")):
+        load_feature_cache(tmp_path / "flat.npy", csv)
+    index.drop(columns=["group", "label"]).to_csv(tmp_path / "cols.csv", index=False)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'cols.csv'}: missing column(s) label, group")):
+        load_feature_cache(npy, tmp_path / "cols.csv")
+    index.assign(row=[0, 2, 1]).to_csv(tmp_path / "order.csv", index=False)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'order.csv'}: column 'row' must be 0..2 in order")):
+        load_feature_cache(npy, tmp_path / "order.csv")
 
 
 # ------------------------------------------------------------------------------ determinism, resume
@@ -285,12 +311,13 @@ def _resume_fixture(tmp_path):
 
 
 class _Recorder:
-    """Wraps _write_shard / read_wave: records shard row ranges and file reads; can fail after k shards."""
+    """Wraps feature_cache._write_shard / features.read_wave: records shard row ranges and file reads; can
+    fail after k shards."""
 
     def __init__(self, monkeypatch, fail_after: int | None = None):
         self.shards: list[tuple[int, int]] = []
         self.reads: list[str] = []
-        write, read = features_module._write_shard, features_module.read_wave
+        write, read = feature_cache_module._write_shard, features_module.read_wave
 
         def write_shard(folder, start, feats16):
             if fail_after is not None and len(self.shards) == fail_after:
@@ -302,7 +329,7 @@ class _Recorder:
             self.reads.append(Path(path).name)
             return read(path, expected_length)
 
-        monkeypatch.setattr(features_module, "_write_shard", write_shard)
+        monkeypatch.setattr(feature_cache_module, "_write_shard", write_shard)
         monkeypatch.setattr(features_module, "read_wave", read_wave)
 
 
@@ -378,6 +405,6 @@ def test_corrupt_shard_is_recomputed_and_stale_config_shards_are_not_reused(tmp_
     # Likewise a changed manifest row (another device => another filterbank) changes the key.
     changed = manifest.copy()
     changed.loc[0, "device"] = "b"
-    assert features_module.cache_key(changed[changed.split == "train"].reset_index(drop=True), extractor,
-                                     stats, 4000) != features_module.cache_key(
+    assert cache_key(changed[changed.split == "train"].reset_index(drop=True), extractor,
+                     stats, 4000) != cache_key(
         manifest[manifest.split == "train"].reset_index(drop=True), extractor, stats, 4000)

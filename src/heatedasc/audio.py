@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import soundfile as sf
@@ -86,3 +87,32 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray, sr: int, subtype: str =
     data = wave.T if wave.ndim == 2 else wave
     with atomic_path(Path(path)) as tmp:
         sf.write(str(tmp), data, int(sr), subtype=subtype, format="WAV")
+
+
+# ------------------------------------------------------------------------------ prepared clips
+def audio_path(audio_dir: str | os.PathLike, filename: str) -> Path:
+    """Prepared audio of a manifest row: ``<audio_dir>/<basename of filename>``."""
+    return Path(audio_dir) / Path(str(filename)).name
+
+
+def read_wave(path: str | os.PathLike, expected_length: int | None = None) -> np.ndarray:
+    """One mono float32 waveform; ValueError naming the file if unreadable, not mono or off-length."""
+    try:
+        x, _ = sf.read(str(path), dtype="float32", always_2d=False)
+    except Exception as exc:  # soundfile raises several types; name the file either way
+        raise ValueError(f"{path}: cannot read audio ({exc})") from exc
+    if x.ndim != 1:
+        raise ValueError(f"{path}: expected mono audio, got {x.shape[1]} channels")
+    if expected_length is not None and len(x) != expected_length:
+        raise ValueError(f"{path}: {len(x)} samples, but other files have {expected_length}")
+    return x
+
+
+def read_batch(paths: Sequence[Path], expected_length: int | None) -> tuple[np.ndarray, int]:
+    """Read mono float32 waveforms of equal length; ValueError naming a file that differs."""
+    waves = []
+    for p in paths:
+        x = read_wave(p, expected_length)
+        expected_length = len(x) if expected_length is None else expected_length
+        waves.append(x)
+    return np.stack(waves), expected_length

@@ -11,7 +11,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from heatedasc.audio import audio_path, read_batch
+from heatedasc.dsp import stft_magnitude
 from heatedasc.fileio import atomic_path
+from heatedasc.tau import DatasetError
 
 ESTIMATORS = ("ratio_of_means", "mean_of_ratios")
 PARALLEL_SPLIT = "train"  # coefficients are estimated from fold1_train only
@@ -26,8 +29,6 @@ def parallel_training_groups(manifest: pd.DataFrame, devices: Sequence[str]) -> 
     Sorted by group, then by the order of ``devices``. DatasetError naming the device and the split
     if a device ends up with no parallel files, or if a group holds one device twice.
     """
-    from heatedasc.tau import DatasetError
-
     devices = list(devices)
     if not devices:
         raise ValueError("parallel_training_groups needs at least one device")
@@ -76,8 +77,6 @@ def compute_mean_spectra(
     progress: bool = True,
 ) -> dict:
     """m_i(f) = mean over frames of |X_i(f, t)| for every file of the training triplets (float64)."""
-    from heatedasc.features import audio_path, read_batch, stft_magnitude
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rows = parallel_training_groups(manifest, devices)
@@ -140,8 +139,6 @@ def estimate_coefficients(
     ``ratio_of_means`` (paper): c_d = mean_{d' in ref} S_{d'} / S_d with S_d the mean of m_i over d's files.
     ``mean_of_ratios`` (Kosmider's code): c_d = mean over triplets of R_i / m_i(d), R_i = mean over ref of m_i.
     """
-    from heatedasc.tau import DatasetError
-
     devices = list(devices)
     reference_devices = list(reference_devices)
     if estimator not in ESTIMATORS:

@@ -1,8 +1,10 @@
-"""Atomic file output: write to a temporary name beside the target, rename on success."""
+"""File output and content hashes: write to a temporary name beside the target, rename on success;
+SHA-256 of a file read in chunks."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -40,6 +42,15 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes, read ``chunk_size`` bytes at a time (constant memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_text(target: str | os.PathLike, text: str) -> None:

@@ -7,7 +7,6 @@ report JSON. Audio is converted into a staging folder beside the target and move
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -21,21 +20,13 @@ import soundfile as sf
 from tqdm import tqdm
 
 from heatedasc.audio import read_audio, to_mono_fixed, wav_data_extent, write_wav
-from heatedasc.fileio import atomic_path, chmod_default, write_json
+from heatedasc.fileio import atomic_path, chmod_default, sha256_file, write_json
 from heatedasc.tau import DEVICES, MANIFEST_COLUMNS, SPLITS, DatasetError, load_tau, summarize
 
 MANIFEST_OUTPUT_COLUMNS = MANIFEST_COLUMNS + ("raw_sha256",)  # the manifest is the TAU table + raw hashes
 PCM24_MAX = 1.0 - 2.0 ** -23  # the largest sample a 24-bit wav holds; anything beyond is clipped on writing
 
 log = logging.getLogger(__name__)
-
-
-def sha256_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 TRUNCATION_POLICIES = ("error", "warn")
@@ -179,7 +170,7 @@ def prepare_dataset(
                     raw_lengths[name] = {"samples": int(raw_len), "sample_rate": int(sr),
                                          "seconds": raw_len / sr}
                 write_wav(staging / Path(name).name, mono, sample_rate, subtype="PCM_24")
-                hashes.append(sha256_of_file(path))
+                hashes.append(sha256_file(path))
             df["raw_sha256"] = hashes
             df = df[list(MANIFEST_OUTPUT_COLUMNS)]
 

@@ -1,4 +1,5 @@
-"""TAU Urban Acoustic Scenes 2019 Mobile (DCASE2019 Task 1B) layout: names, parsing, validated loading."""
+"""TAU Urban Acoustic Scenes 2019 Mobile (DCASE2019 Task 1B) layout: the scene and device names (the one
+place they are defined), file-name parsing, validated loading, and reading the prepared manifest."""
 
 from __future__ import annotations
 
@@ -184,6 +185,11 @@ def load_tau(root: str | os.PathLike, devices: Iterable[str] = DEVICES) -> pd.Da
             raise DatasetError(f"{test_path}: row {i} ({name}): file is not listed in {setup / 'fold1_evaluate.csv'}")
     df["label"] = df["label"].astype(int)
     return df
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """The prepare stage's manifest CSV (location and segment stay strings: '007' is not 7)."""
+    return pd.read_csv(path, dtype={"location": str, "segment": str})
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:

@@ -11,7 +11,6 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,18 +18,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from heatedasc.feature_cache import FeatureCache, load_feature_cache
 from heatedasc.fileio import atomic_path, write_json, write_text
 from heatedasc.losses import heated_softmax, make_loss
+from heatedasc.metrics import device_accuracies, expected_calibration_error
 from heatedasc.model import ASCNet, block_output_shapes, count_parameters
 from heatedasc.runtime import resolve_device
+from heatedasc.tau import DEVICES, SCENES
 
 log = logging.getLogger("heatedasc.train")
 
 SELECTIONS = ("test", "holdout", "last")
 MONITORS = ("avg_bc", "overall")
-DEVICES = ("a", "b", "c")
-ECE_BINS = 15  # fixed by the output contract (metrics.json `ece`)
-INDEX_COLUMNS = ("row", "filename", "scene_label", "label", "device", "identifier", "group")
 TRAIN_KEYS = (
     "epochs", "batch_size", "lr", "rho", "eps", "weight_decay_l2", "mixup_alpha", "plateau_factor",
     "plateau_patience", "plateau_min_delta", "monitor", "selection", "holdout_fraction", "deterministic",
@@ -42,48 +41,7 @@ HISTORY_COLUMNS = (
 RESUME_DIR = ".resume"
 
 
-def _scenes() -> tuple[str, ...]:
-    from heatedasc.tau import SCENES  # lazy: tau.py is owned by another module
-
-    return tuple(SCENES)
-
-
 # --------------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class FeatureCache:
-    """A float16 feature array (N, n_mels, n_frames) and its row index."""
-
-    features: np.ndarray
-    index: pd.DataFrame
-    npy_path: Path
-    index_path: Path
-
-    @property
-    def clip_shape(self) -> tuple[int, int]:
-        return tuple(self.features.shape[1:])  # type: ignore[return-value]
-
-
-def load_feature_cache(npy_path: str | os.PathLike, index_path: str | os.PathLike) -> FeatureCache:
-    """Open a cache (memory-mapped) and check that the csv index matches the array row for row."""
-    npy_path, index_path = Path(npy_path), Path(index_path)
-    if not npy_path.is_file():
-        raise ValueError(f"{npy_path}: feature cache not found")
-    if not index_path.is_file():
-        raise ValueError(f"{index_path}: feature index not found")
-    features = np.load(npy_path, mmap_mode="r")
-    if features.ndim != 3:
-        raise ValueError(f"{npy_path}: expected a (N, n_mels, n_frames) array, got shape {features.shape}")
-    index = pd.read_csv(index_path, dtype={"device": str, "identifier": str, "group": str, "filename": str})
-    missing = [c for c in INDEX_COLUMNS if c not in index.columns]
-    if missing:
-        raise ValueError(f"{index_path}: missing column(s) {', '.join(missing)}")
-    if len(index) != features.shape[0]:
-        raise ValueError(f"{index_path}: {len(index)} rows but {npy_path} holds {features.shape[0]} clips")
-    if not np.array_equal(index["row"].to_numpy(), np.arange(len(index))):
-        raise ValueError(f"{index_path}: column 'row' must be 0..{len(index) - 1} in order")
-    return FeatureCache(features, index, npy_path, index_path)
 
 
 def check_cache_origin(cache: FeatureCache, *, correction: str | None, split: str) -> None:
@@ -169,31 +127,6 @@ def make_plateau_scheduler(
     )
 
 
-def device_accuracies(pred: np.ndarray, labels: np.ndarray, devices: np.ndarray) -> dict[str, float]:
-    """Accuracy per device a/b/c (NaN if a device has no rows), avg_bc and overall."""
-    correct = pred == labels
-    out = {}
-    for d in DEVICES:
-        sel = devices == d
-        out[f"acc_{d}"] = float(correct[sel].mean()) if sel.any() else float("nan")
-    out["avg_bc"] = (out["acc_b"] + out["acc_c"]) / 2
-    out["overall"] = float(correct.mean()) if len(correct) else float("nan")
-    return out
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """ECE with equal-width confidence bins: Σ_b |B|/N · |acc(B) − conf(B)|."""
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    return float(ece)
-
-
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -201,7 +134,7 @@ def config_hash(config: dict) -> str:
 def code_fingerprint() -> str:
     """SHA-256 over the modules that define a run, so a checkpoint made by other code is never resumed."""
     h = hashlib.sha256()
-    for name in ("train.py", "model.py", "losses.py"):
+    for name in ("train.py", "model.py", "losses.py", "metrics.py", "feature_cache.py", "tau.py"):
         h.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
     return h.hexdigest()
 
@@ -352,7 +285,7 @@ def run_training(
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if int(cfg[key]) < 1:
             raise ValueError(f"train.{key} must be >= 1, got {cfg[key]}")
-    scenes = _scenes()
+    scenes = tuple(SCENES)
     n_classes = len(scenes)
     train = load_feature_cache(train_npy, train_index)
     test = load_feature_cache(eval_npy, eval_index)

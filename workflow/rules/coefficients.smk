@@ -1,12 +1,15 @@
 # Stage 2: spectrum correction (SPEC §2). Mean spectra of the training triplets are computed once;
 # each correction's coefficients are a cheap reduction of them.
 
+# heatedasc.correction and every library module it imports (tests/test_layout.py checks the list).
+CORRECTION_CODE = src_files("correction", "dsp", "audio", "tau", "fileio")
+
 
 rule mean_spectra:
     input:
         manifest=path("manifest"),
         audio=path("prepared_audio"),
-        code=src_files("correction", "features"),
+        code=CORRECTION_CODE,
     output:
         out=path("mean_spectra"),
         provenance=path("mean_spectra_prov"),
@@ -30,7 +33,7 @@ rule mean_spectra:
 rule coefficients:
     input:
         spectra=path("mean_spectra"),
-        code=src_files("correction"),
+        code=CORRECTION_CODE,
     output:
         out=path("coefficients"),
         provenance=path("coefficients_prov"),

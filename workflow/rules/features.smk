@@ -5,6 +5,10 @@ FEATURE_PARAMS = {
     k: config["features"][k]
     for k in ("n_fft", "hop_length", "n_mels", "f_min", "f_max", "log_offset", "remove_dc")
 }
+# heatedasc.features, .feature_stats and every library module they import (tests/test_layout.py checks it).
+FEATURE_CODE = src_files(
+    "features", "feature_stats", "feature_cache", "dsp", "audio", "correction", "runtime", "tau", "fileio"
+)
 
 
 rule feature_stats:
@@ -12,7 +16,7 @@ rule feature_stats:
         manifest=path("manifest"),
         audio=path("prepared_audio"),
         coefficients=path("coefficients"),
-        code=src_files("features", "correction"),
+        code=FEATURE_CODE,
     output:
         out=path("stats"),
         provenance=path("stats_prov"),
@@ -39,7 +43,7 @@ rule features:
         audio=path("prepared_audio"),
         coefficients=path("coefficients"),
         stats=path("stats"),
-        code=src_files("features", "correction"),
+        code=FEATURE_CODE,
     output:
         cache=path("cache"),
         index=path("cache_index"),

@@ -9,7 +9,8 @@ rule train:
         evaluate_index=path("cache_index", split="evaluate"),
         stats=path("stats"),
         coefficients=path("coefficients"),
-        code=src_files("train", "model", "losses"),
+        # heatedasc.train and every library module it imports (tests/test_layout.py checks the list)
+        code=src_files("train", "model", "losses", "metrics", "feature_cache", "runtime", "tau", "fileio"),
     output:
         **{name.split(".")[0]: run_file(name) for name in RUN_FILES},
     params:

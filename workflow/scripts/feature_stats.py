@@ -2,9 +2,11 @@
 
 import torch
 
-from heatedasc.features import compute_feature_stats, make_extractor, read_manifest, save_stats
+from heatedasc.feature_stats import compute_feature_stats, save_stats
+from heatedasc.features import make_extractor
 from heatedasc.logutil import job_logging
 from heatedasc.provenance import record_job
+from heatedasc.tau import read_manifest
 
 with job_logging(snakemake.log[0], "heatedasc.feature_stats") as log:
     torch.set_num_threads(snakemake.threads)

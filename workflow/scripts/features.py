@@ -2,9 +2,11 @@
 
 import torch
 
-from heatedasc.features import build_feature_cache, load_stats, make_extractor, read_manifest
+from heatedasc.feature_stats import load_stats
+from heatedasc.features import build_feature_cache, make_extractor
 from heatedasc.logutil import job_logging
 from heatedasc.provenance import record_job
+from heatedasc.tau import read_manifest
 
 with job_logging(snakemake.log[0], "heatedasc.features") as log:
     torch.set_num_threads(snakemake.threads)

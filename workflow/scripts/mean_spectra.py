@@ -3,9 +3,9 @@
 import torch
 
 from heatedasc.correction import compute_mean_spectra, save_mean_spectra
-from heatedasc.features import read_manifest
 from heatedasc.logutil import job_logging
 from heatedasc.provenance import record_job
+from heatedasc.tau import read_manifest
 
 with job_logging(snakemake.log[0], "heatedasc.mean_spectra") as log:
     torch.set_num_threads(snakemake.threads)
