@@ -120,7 +120,18 @@ def test_tiny_end_to_end_run_produces_every_contract_file(tmp_path):
     cfg = json.loads(json.dumps(TINY))
     cfg["data"]["root"] = str(tmp_path / "data" / "synthetic")
     override = write_override(tmp_path / "tiny.yaml", cfg)
-    snakemake(tmp_path, "--cores", "2", configfiles=[override])
+    proc = snakemake(tmp_path, "--cores", "2", "--logger", "heatedasc", configfiles=[override])
+
+    # The compact terminal log: a summary line, then one line per job, no reasons, no job chatter.
+    out = (proc.stdout + proc.stderr).splitlines()
+    total = 1 + 1 + 1 + 3 + 1 + 3 + 6 + 6 + 7 + 1  # synth, prepare, spectra, coef, plot, stats, features, train, report, all
+    job_lines = [l for l in out if re.match(rf"^\[\d\d:\d\d:\d\d\] \[\d+/{total} done\] \S+", l)]
+    assert any(l.startswith(f"{total} job(s) to run: all 1, calibration 1,") for l in out), out[:3]
+    assert len(job_lines) == total and sum("] train " in l for l in job_lines) == 6
+    assert any(l.endswith("] train ref_abc T=1 focal seed=0") for l in job_lines)
+    assert f"{total} of {total} jobs done in" in out[-2] and not any("reason:" in l or "INFO heatedasc" in l for l in out)
+    assert len(out) <= total + 4
+    assert "INFO heatedasc.train: epoch 1/1" in (tmp_path / "logs" / "train" / "ref_abc" / "T1" / "focal" / "seed0.log").read_text()
 
     results = tmp_path / "results"
     for c in ("ref_abc", "ref_bc", "none"):

@@ -20,13 +20,14 @@ import subprocess
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from heatedasc.fileio import sha256_file
+
 PACKAGES = ("torch", "torchaudio", "numpy", "pandas", "soundfile", "snakemake", "dvc", "heatedasc")
-_CHUNK = 1 << 22
 
 
-def sha256_file(path: str | os.PathLike, *, use_cache: bool = True) -> str:
-    """Content hash of a file. Memoised on disk by (path, size, mtime, inode): many jobs hash the
-    same multi-GB inputs (audio folders, feature caches), and a changed file changes its key."""
+def cached_sha256_file(path: str | os.PathLike, *, use_cache: bool = True) -> str:
+    """fileio.sha256_file, memoised on disk by (path, size, mtime, inode): many jobs hash the same
+    multi-GB inputs (audio folders, feature caches), and a changed file changes its key."""
     st = os.stat(path)
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
     cache = _hash_cache() if use_cache else None
@@ -36,11 +37,7 @@ def sha256_file(path: str | os.PathLike, *, use_cache: bool = True) -> str:
         ).fetchone()
         if row:
             return row[0]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = sha256_file(path)
     if cache is not None:
         with contextlib.suppress(sqlite3.Error):
             cache.execute("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?)", (*key, digest))
@@ -82,12 +79,12 @@ def sha256_tree(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     # Snakemake drops a `.snakemake_timestamp` into directory outputs after the job: not content.
     for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".snakemake_timestamp"):
-        h.update(f"{f.relative_to(root).as_posix()}\0{sha256_file(f)}\n".encode())
+        h.update(f"{f.relative_to(root).as_posix()}\0{cached_sha256_file(f)}\n".encode())
     return h.hexdigest()
 
 
 def sha256_path(path: str | os.PathLike) -> str:
-    return sha256_tree(path) if Path(path).is_dir() else sha256_file(path)
+    return sha256_tree(path) if Path(path).is_dir() else cached_sha256_file(path)
 
 
 def code_version() -> dict:

@@ -4,7 +4,7 @@ import torch
 
 from heatedasc.feature_stats import load_stats
 from heatedasc.features import build_feature_cache, make_extractor
-from heatedasc.logutil import job_logging
+from heatedasc.logutil import job_logging, show_progress
 from heatedasc.provenance import record_job
 from heatedasc.tau import read_manifest
 
@@ -22,7 +22,7 @@ with job_logging(snakemake.log[0], "heatedasc.features") as log:
         snakemake.output.cache,
         snakemake.output.index,
         batch_size=p.batch_size,
-        progress=True,
+        progress=show_progress(),
     )
     record_job(snakemake, "features")
     log.info("%s/%s cache (on %s): %s", snakemake.wildcards.correction, snakemake.wildcards.split,

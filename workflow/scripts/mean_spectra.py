@@ -3,7 +3,7 @@
 import torch
 
 from heatedasc.correction import compute_mean_spectra, save_mean_spectra
-from heatedasc.logutil import job_logging
+from heatedasc.logutil import job_logging, show_progress
 from heatedasc.provenance import record_job
 from heatedasc.tau import read_manifest
 
@@ -19,7 +19,7 @@ with job_logging(snakemake.log[0], "heatedasc.mean_spectra") as log:
         remove_dc=p.remove_dc,
         devices=p.devices,
         batch_size=p.batch_size,
-        progress=True,
+        progress=show_progress(),
     )
     save_mean_spectra(snakemake.output.out, spectra)
     record_job(snakemake, "mean_spectra")

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from heatedasc.logutil import job_logging
+from heatedasc.logutil import job_logging, show_progress
 from heatedasc.provenance import record_job
 from heatedasc.prepare import prepare_dataset
 
@@ -20,7 +20,7 @@ with job_logging(snakemake.log[0], "heatedasc.prepare") as log:
         length_tolerance=p.length_tolerance,
         devices=p.devices,
         on_truncated=p.on_truncated,
-        progress=True,
+        progress=show_progress(),
     )
     log.info("prepared %d files from %s", len(manifest), root)
     record_job(snakemake, "prepare")

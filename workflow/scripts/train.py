@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from heatedasc.logutil import job_logging
+from heatedasc.logutil import job_logging, show_progress
 from heatedasc.provenance import record_job
 from heatedasc.train import run_training
 
@@ -23,7 +23,7 @@ with job_logging(snakemake.log[0], "heatedasc.train") as log:
         loss_cfg=dict(snakemake.params.loss),
         train_cfg=dict(snakemake.params.train),
         threads=snakemake.threads,
-        progress=True,
+        progress=show_progress(),
     )
     record_job(snakemake, "train")
     log.info("%s T=%s %s seed %s: acc A %.3f, avg BC %.3f (best epoch %s, selection=%s)",
