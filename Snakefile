@@ -31,6 +31,13 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 
 
+# Makes the token that reruns a job whose recipe changed (see heatedasc.recipes).
+rule recipe_changed:
+    output:
+        touch(os.path.join(str(TOKEN_DIR), "{rule}", "{job}", "{fingerprint}")),
+    localrule: True
+
+
 rule all:
     input:
         report_outputs(),

@@ -223,14 +223,18 @@ def record_job(smk, stage: str, provenance_key: str = "provenance") -> dict:
     outputs = {k: v for k, v in smk.output.items() if k != provenance_key}
     if not outputs and len(smk.output) > 1:
         outputs = {"output": [p for p in smk.output if p != smk.output.get(provenance_key)]}
+    inputs = {k: v for k, v in smk.input.items() if k != "recipe"}  # the rerun token is bookkeeping
     stable, volatile = collect(
         stage=stage,
-        inputs=dict(smk.input.items()) or {"input": list(smk.input)},
+        inputs=inputs or {"input": [p for p in smk.input if p not in smk.input.get("recipe", [])]},
         outputs=outputs,
-        params={k: v for k, v in smk.params.items()},
+        params={k: v for k, v in smk.params.items() if k != "recipe"},
         wildcards=dict(smk.wildcards.items()),
         config=dict(smk.config),
     )
+    recipe = smk.params.get("recipe")
+    if recipe:  # what Snakemake compares at the next planning (heatedasc.recipes)
+        stable = {"fingerprint": recipe["fingerprint"], **stable, "recipe": recipe}
     record_path = smk.output[provenance_key]
     write_json(volatile_path(record_path), volatile)
     write_json(record_path, stable)

@@ -1,19 +1,18 @@
 # Stage 2: spectrum correction (SPEC §2). Mean spectra of the training triplets are computed once;
 # each correction's coefficients are a cheap reduction of them.
 
-# heatedasc.correction and every library module it imports (tests/test_layout.py checks the list).
-CORRECTION_CODE = src_files("correction", "dsp", "audio", "tau", "fileio")
 
 
 rule mean_spectra:
     input:
+        recipe=recipe_token("mean_spectra"),
         manifest=path("manifest"),
         audio=path("prepared_audio"),
-        code=CORRECTION_CODE,
     output:
         out=path("mean_spectra"),
         provenance=path("mean_spectra_prov"),
     params:
+        recipe=recipe("mean_spectra"),
         n_fft=config["features"]["n_fft"],
         hop_length=config["features"]["hop_length"],
         remove_dc=config["features"]["remove_dc"],
@@ -32,12 +31,13 @@ rule mean_spectra:
 
 rule coefficients:
     input:
+        recipe=recipe_token("coefficients"),
         spectra=path("mean_spectra"),
-        code=CORRECTION_CODE,
     output:
         out=path("coefficients"),
         provenance=path("coefficients_prov"),
     params:
+        recipe=recipe("coefficients"),
         reference_devices=lambda wc: config["correction"]["references"][wc.correction],
         estimator=config["correction"]["estimator"],
         devices=config["data"]["devices"],
@@ -55,11 +55,13 @@ rule coefficients:
 
 rule coefficient_plot:
     input:
-        expand(path("coefficients"), correction=SWEEP["correction"]),
+        recipe=recipe_token("coefficient_plot"),
+        coefficients=expand(path("coefficients"), correction=SWEEP["correction"]),
     output:
         out=path("coefficient_plot"),
         provenance=path("coefficient_plot_prov"),
     params:
+        recipe=recipe("coefficient_plot"),
         sample_rate=config["data"]["sample_rate"],
         n_fft=config["features"]["n_fft"],
     log:

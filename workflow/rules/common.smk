@@ -3,6 +3,10 @@
 
 import os
 
+from snakemake_interface_executor_plugins.settings import ExecMode
+
+from heatedasc.recipes import TOKEN_DIR, RecipeBook, recipe_param, token_input
+
 SRC = os.path.join(workflow.basedir, "src", "heatedasc")
 DATA_ROOT = config["data"]["root"]
 SWEEP = config["sweep"]
@@ -12,6 +16,7 @@ PATHS = {
     "meta": os.path.join(DATA_ROOT, "meta.csv"),
     "fold": os.path.join(DATA_ROOT, "evaluation_setup", "fold1_{fold}.csv"),
     "raw_audio": os.path.join(DATA_ROOT, "audio"),
+    "synth_prov": os.path.join(DATA_ROOT, "provenance.json"),  # only with synth.enabled: a generator-owned root
     "prepared_audio": "results/prepared/audio",
     "manifest": "results/prepared/manifest.csv",
     "prepare_summary": "results/prepared/summary.csv",
@@ -77,6 +82,21 @@ def log_path(rule_name, pattern=""):
 
 def benchmark_path(rule_name, pattern=""):
     return os.path.join("logs", "benchmarks", rule_name, f"{pattern or rule_name}.tsv")
+
+
+# What decides a rerun: each job's recipe (params, code by content, raw inputs by content, upstream
+# fingerprints) against the one its provenance record holds — never file dates (heatedasc.recipes).
+RECIPES = RecipeBook(workflow, workflow.basedir, main_process=workflow.exec_mode == ExecMode.DEFAULT)
+
+
+def recipe_token(rule_name):
+    """Input `recipe=`: nothing while the job is up to date by content, else a token that reruns it."""
+    return token_input(lambda: RECIPES, rule_name)
+
+
+def recipe(rule_name):
+    """Param `recipe=`: the job's recipe and fingerprint, which provenance.record_job records."""
+    return recipe_param(lambda: RECIPES, rule_name)
 
 
 def src_files(*modules):

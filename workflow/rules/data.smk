@@ -4,18 +4,20 @@
 if config["synth"]["enabled"]:
 
     rule synthesize:
+        input:
+            recipe=recipe_token("synthesize"),
         output:
             meta=path("meta"),
             folds=expand(path("fold"), fold=["train", "evaluate", "test"]),
             audio=directory(path("raw_audio")),
+            provenance=path("synth_prov"),
         params:
+            recipe=recipe("synthesize"),
             synth={k: v for k, v in config["synth"].items() if k != "enabled"},
         log:
             log_path("synthesize"),
         benchmark:
             benchmark_path("synthesize")
-        input:
-            src_files("synth"),
         resources:
             **rule_resources("synthesize"),
         script:
@@ -24,10 +26,10 @@ if config["synth"]["enabled"]:
 
 rule prepare:
     input:
+        recipe=recipe_token("prepare"),
         meta=raw_input(path("meta")),
         folds=[raw_input(p) for p in expand(path("fold"), fold=["train", "evaluate", "test"])],
         audio=raw_input(path("raw_audio")),
-        code=src_files("tau", "audio", "prepare"),
     output:
         audio=directory(path("prepared_audio")),
         manifest=path("manifest"),
@@ -35,6 +37,7 @@ rule prepare:
         report=path("prepare_report"),
         provenance=path("prepare_prov"),
     params:
+        recipe=recipe("prepare"),
         sample_rate=config["data"]["sample_rate"],
         duration_s=config["data"]["duration_s"],
         length_tolerance=config["data"]["length_tolerance"],

@@ -5,22 +5,19 @@ FEATURE_PARAMS = {
     k: config["features"][k]
     for k in ("n_fft", "hop_length", "n_mels", "f_min", "f_max", "log_offset", "remove_dc")
 }
-# heatedasc.features, .feature_stats and every library module they import (tests/test_layout.py checks it).
-FEATURE_CODE = src_files(
-    "features", "feature_stats", "feature_cache", "dsp", "audio", "correction", "runtime", "tau", "fileio"
-)
 
 
 rule feature_stats:
     input:
+        recipe=recipe_token("feature_stats"),
         manifest=path("manifest"),
         audio=path("prepared_audio"),
         coefficients=path("coefficients"),
-        code=FEATURE_CODE,
     output:
         out=path("stats"),
         provenance=path("stats_prov"),
     params:
+        recipe=recipe("feature_stats"),
         extractor=FEATURE_PARAMS,
         sample_rate=config["data"]["sample_rate"],
         devices=config["data"]["devices"],
@@ -39,16 +36,17 @@ rule feature_stats:
 
 rule features:
     input:
+        recipe=recipe_token("features"),
         manifest=path("manifest"),
         audio=path("prepared_audio"),
         coefficients=path("coefficients"),
         stats=path("stats"),
-        code=FEATURE_CODE,
     output:
         cache=path("cache"),
         index=path("cache_index"),
         provenance=path("cache_prov"),
     params:
+        recipe=recipe("features"),
         extractor=FEATURE_PARAMS,
         sample_rate=config["data"]["sample_rate"],
         devices=config["data"]["devices"],

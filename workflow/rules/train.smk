@@ -3,17 +3,17 @@
 
 rule train:
     input:
+        recipe=recipe_token("train"),
         train=path("cache", split="train"),
         train_index=path("cache_index", split="train"),
         evaluate=path("cache", split="evaluate"),
         evaluate_index=path("cache_index", split="evaluate"),
         stats=path("stats"),
         coefficients=path("coefficients"),
-        # heatedasc.train and every library module it imports (tests/test_layout.py checks the list)
-        code=src_files("train", "model", "losses", "metrics", "feature_cache", "runtime", "tau", "fileio"),
     output:
         **{name.split(".")[0]: run_file(name) for name in RUN_FILES},
     params:
+        recipe=recipe("train"),
         model=config["model"],
         loss=config["loss"],
         train=config["train"],

@@ -5,5 +5,5 @@ from heatedasc.logutil import job_logging
 from heatedasc.provenance import record_job
 
 with job_logging(snakemake.log[0], "heatedasc.coefficient_plot"):
-    plot_coefficients(list(snakemake.input), snakemake.output.out, default_sample_rate=snakemake.params.sample_rate)
+    plot_coefficients(list(snakemake.input.coefficients), snakemake.output.out, default_sample_rate=snakemake.params.sample_rate)
     record_job(snakemake, "coefficient_plot")

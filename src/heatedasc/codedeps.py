@@ -1,0 +1,121 @@
+"""Which library code a workflow job runs: the import closure of its adapter script, read with `ast`.
+
+Imports at module level, inside functions and relative ones all count, so a lazily imported module is
+still a dependency. The closure is what a job's results depend on: the workflow reruns a job when one of
+these files changes, `heatedasc lineage` names the file, and `tests/test_layout.py` checks the graph has no
+circle. Job logging and provenance records are excluded: they describe results, they do not make them.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGE = "heatedasc"
+PACKAGE_DIR = Path(__file__).resolve().parent
+NOT_CODE = frozenset({"logutil", "provenance"})
+
+
+def package_imports(source: str, modules: set[str], package: str = PACKAGE) -> set[str]:
+    """Modules of ``package`` that ``source`` imports anywhere: at module level, in functions, in branches."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == package and len(parts) > 1:
+                    found.add(parts[1])
+        elif isinstance(node, ast.ImportFrom):
+            parts = (node.module or "").split(".")
+            if node.level:  # relative import inside the package
+                parts = [package] + [p for p in parts if p]
+            if parts[0] != package:
+                continue
+            if len(parts) > 1:
+                found.add(parts[1])
+            else:  # from heatedasc import x, y
+                found |= {alias.name for alias in node.names if alias.name in modules}
+    return found & modules
+
+
+def package_modules(package_dir: Path) -> dict[str, Path]:
+    """Top-level modules and sub-packages of a package folder: name -> file (a sub-package's __init__.py
+    stands for the whole sub-package, whose files are added by `module_files`)."""
+    found = {p.stem: p for p in sorted(package_dir.glob("*.py")) if p.stem != "__init__"}
+    for sub in sorted(package_dir.iterdir()):
+        if sub.is_dir() and (sub / "__init__.py").is_file():
+            found[sub.name] = sub / "__init__.py"
+    return found
+
+
+def module_files(package_dir: Path, name: str) -> list[Path]:
+    """Every source file of a top-level module or sub-package."""
+    sub = package_dir / name
+    if sub.is_dir():
+        return sorted(sub.rglob("*.py"))
+    return [package_dir / f"{name}.py"]
+
+
+def import_graph(package_dir: Path = PACKAGE_DIR) -> dict[str, set[str]]:
+    """module -> the package's top-level modules it imports (a sub-package counts as one module)."""
+    modules = package_modules(package_dir)
+    graph = {}
+    for name in modules:
+        source = "\n".join(f.read_text() for f in module_files(package_dir, name))
+        graph[name] = package_imports(source, set(modules), package_dir.name) - {name}
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle met by a depth-first walk, each as [a, b, ..., a]."""
+    cycles, state, stack = [], {}, []
+
+    def visit(node: str) -> None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def closure(graph: dict[str, set[str]], roots: set[str]) -> set[str]:
+    """``roots`` and everything they import, directly or not."""
+    seen, todo = set(), list(roots)
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph.get(m, ()))
+    return seen
+
+
+def script_modules(script: Path, package_dir: Path = PACKAGE_DIR) -> set[str]:
+    """The library modules a workflow script runs: its imports and theirs, minus logging/provenance."""
+    graph = import_graph(package_dir)
+    direct = package_imports(Path(script).read_text(), set(graph), package_dir.name) - NOT_CODE
+    return closure(graph, direct) - NOT_CODE
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def code_digests(script: str, root: str) -> dict[str, str]:
+    """{path relative to `root`: sha256} of a script and every library file it runs (memoised per process)."""
+    script_path, root_path = Path(script).resolve(), Path(root).resolve()
+    files = [script_path]
+    for name in sorted(script_modules(script_path)):
+        files += module_files(PACKAGE_DIR, name)
+    return {f.relative_to(root_path).as_posix(): _sha256(f) for f in files}
