@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return lineage_main(rest)
     if args.command == "report":
-        from heatedasc.report_render import main as report_main
+        from heatedasc.report.cli import main as report_main
 
         return report_main(rest)
     return 2
