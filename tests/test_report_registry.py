@@ -1,6 +1,6 @@
 """The report registry is the one place an artefact is declared: a toy artefact added to a temporary
-registry is rendered by render_all, shown on the HTML page and planned by Snakemake as a rule that `all`
-asks for, with no other file edited."""
+registry is rendered by render_all, shown on the HTML page, planned by Snakemake as a rule that `all`
+asks for, and lands inside the DVC report stage's outputs, with no other file edited."""
 
 import base64
 import html
@@ -125,7 +125,32 @@ def test_the_snakemake_targets_are_the_registry_s(tmp_path):
         "results/figures/fig3.csv", "results/figures/fig2.png", "results/tables/calibration.csv",
         "results/tables/calibration.md", "results/figures/reliability.png", "results/figures/confusion.png",
         "results/tables/confusion.csv", "results/tables/significance.csv", "results/tables/significance.md",
-        "results/report.html", "results/figures/coefficients.png"]
+        "results/report.html", "results/coefficients/coefficients.png"]
+
+
+def _stage_outs(stage: dict) -> list[str]:
+    return [next(iter(o)) if isinstance(o, dict) else o
+            for kind in ("outs", "metrics", "plots") for o in stage.get(kind, [])]
+
+
+@pytest.mark.parametrize("registry", [REGISTRY, REGISTRY.with_artefact(TOY)], ids=["registry", "with toy"])
+def test_every_report_file_lies_inside_the_dvc_report_stage_outputs(registry):
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    outs = _stage_outs(stages["report"])
+    upstream = {f.key for f in registry.upstream_figures}
+    for key, p in registry.paths("results").items():
+        owner = _stage_outs(stages["data"]) if key in upstream else outs
+        assert any(p == o or p.startswith(o + "/") for o in owner), (key, p)
+
+
+def test_no_two_dvc_outputs_overlap():
+    # DVC refuses a stage output inside another one (OverlappingOutputPathsError), within a stage too
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    outs = [o for s in stages.values() for o in _stage_outs(s)]
+    assert len(outs) == len(set(outs))
+    for a in outs:
+        for b in outs:
+            assert a == b or not b.startswith(a + "/"), (a, b)
 
 
 def test_the_snakemake_job_path_writes_what_render_all_writes(small_results, tmp_path):

@@ -33,7 +33,7 @@ PATHS = {
     "coefficients_prov": "results/coefficients/{correction}.provenance.json",
     "stats_prov": "results/features/{correction}/stats.provenance.json",
     "cache_prov": "results/features/{correction}/{split}.provenance.json",
-    "coefficient_plot_prov": "results/figures/coefficients.provenance.json",
+    "coefficient_plot_prov": "results/coefficients/coefficients.provenance.json",
 }
 RUN_FILES = ("metrics.json", "history.csv", "model.pt", "embeddings.npz", "predictions.npz", "provenance.json")
 

@@ -269,6 +269,6 @@ REGISTRY = Registry(
     ],
     upstream_figures=[
         UpstreamFigure("coefficient_plot", "Spectrum-correction coefficients", "c_d(f) in dB per device and reference.",
-                       path="figures/coefficients.png"),
+                       path="coefficients/coefficients.png"),
     ],
 )
