@@ -254,11 +254,17 @@ def test_paired_significance_equals_a_hand_computation():
     assert one["verdict"] == "not resolvable (n=1)" and one["mean_diff"] == pytest.approx(10.0)
 
 
-def test_t_table_fallback_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    for df, t in enumerate(dx._T975, start=1):
-        assert t == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3)
-    assert dx.t_quantile(0.95, 2) == pytest.approx(4.302652729911275)
+@pytest.mark.parametrize("confidence, df, expected", [
+    (0.95, 1, 12.706204736), (0.95, 2, 4.302652729), (0.95, 4, 2.776445105), (0.95, 30, 2.042272456),
+    (0.95, 60, 2.000297822), (0.99, 10, 3.169272673),
+])
+def test_t_quantile_is_students_t(confidence, df, expected):
+    assert dx.t_quantile(confidence, df) == pytest.approx(expected, abs=1e-8)
+
+
+def test_t_quantile_needs_a_degree_of_freedom():
+    with pytest.raises(ValueError, match="t quantile needs df >= 1, got 0"):
+        dx.t_quantile(0.95, 0)
 
 
 def test_significance_table_pairs_the_configured_comparisons(partial):

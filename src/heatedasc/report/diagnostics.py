@@ -20,11 +20,6 @@ if TYPE_CHECKING:
 
 ECE_BINS = 15  # moves to heatedasc.metrics (the same equal-width bins as metrics.json `ece`)
 
-# Two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30: used only when scipy is not installed.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
-
 
 # ---------------------------------------------------------------- calibration
 # moves to heatedasc.metrics
@@ -249,15 +244,11 @@ SIGNIFICANCE_TEXT = ("comparison", "metric", "a", "b", "seeds", "verdict", "clai
 
 
 def t_quantile(confidence: float, df: int) -> float:
-    """Two-sided Student-t critical value t_{(1+confidence)/2, df} (scipy if installed, else a 95% table)."""
+    """Two-sided Student-t critical value t_{(1+confidence)/2, df}."""
+    from scipy import stats
+
     if df < 1:
         raise ValueError(f"t quantile needs df >= 1, got {df}")
-    try:
-        from scipy import stats
-    except ImportError:
-        if not math.isclose(confidence, 0.95):
-            raise ValueError(f"confidence {confidence} needs scipy (only the 95% table is built in)") from None
-        return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df  # df > 30: within 0.001 of the true value
     return float(stats.t.ppf(0.5 + confidence / 2, df))
 
 
