@@ -244,14 +244,37 @@ def test_paired_significance_equals_a_hand_computation():
     assert res["n_pairs"] == 3 and res["seeds"] == "0 1 2"
     assert res["mean_diff"] == pytest.approx(mean)
     assert res["sd_diff"] == pytest.approx(sd)
+    assert res["t_crit"] == pytest.approx(4.302652729911275)
     assert (res["ci_low"], res["ci_high"]) == pytest.approx((mean - half, mean + half))
-    assert res["verdict"].startswith("A > B")
-    wide = dx.paired_difference(pd.Series([70.0, 60.0], index=[0, 1]), pd.Series([65.0, 64.0], index=[0, 1]))
-    assert wide["verdict"].startswith("not significant")
-    one = dx.paired_difference(pd.Series([70.0], index=[0]), pd.Series([60.0, 61.0], index=[1, 2]))
-    assert one["verdict"] == "not resolvable (n=0)"
+    assert res["verdict"] == "A > B: the 95% interval excludes 0"
+    below = dx.paired_difference(b.iloc[:3], a, confidence=0.95)
+    assert below["verdict"] == "A < B: the 95% interval excludes 0"
+    spread = dx.paired_difference(pd.Series([70.0, 60.0, 66.0]), pd.Series([65.0, 64.0, 64.0]))
+    assert spread["verdict"] == "not significant: the 95% interval includes 0"
+
+
+def test_fewer_than_three_pairs_get_no_interval_and_no_verdict():
+    # two seeds: t_{0.975,1} = 12.7; the old report called such cells significant (or not) anyway
+    two = dx.paired_difference(pd.Series([70.0, 60.0], index=[0, 1]), pd.Series([65.0, 64.0], index=[0, 1]))
+    assert two["verdict"] == "not resolvable (n < 3 pairs)"
+    assert two["n_pairs"] == 2 and two["mean_diff"] == pytest.approx(0.5)
+    assert two["sd_diff"] == pytest.approx(math.sqrt(40.5))  # the spread is still reported
+    assert all(math.isnan(two[k]) for k in ("t_crit", "ci_low", "ci_high"))
+    none = dx.paired_difference(pd.Series([70.0], index=[0]), pd.Series([60.0, 61.0], index=[1, 2]))
+    assert none["verdict"] == "not resolvable (n < 3 pairs)" and none["n_pairs"] == 0 and math.isnan(none["mean_diff"])
     one = dx.paired_difference(pd.Series([70.0], index=[0]), pd.Series([60.0], index=[0]))
-    assert one["verdict"] == "not resolvable (n=1)" and one["mean_diff"] == pytest.approx(10.0)
+    assert one["verdict"] == "not resolvable (n < 3 pairs)" and one["mean_diff"] == pytest.approx(10.0)
+    assert math.isnan(one["sd_diff"]) and math.isnan(one["ci_low"])
+
+
+def test_a_zero_width_interval_is_never_called_significant():
+    same = dx.paired_difference(pd.Series([70.0, 72.0, 74.0]), pd.Series([60.0, 62.0, 64.0]))
+    assert same["sd_diff"] == 0.0 and same["ci_low"] == same["ci_high"] == 10.0
+    assert same["verdict"] == "not resolvable (sd = 0: the same difference for every seed)"
+    # differences equal up to float rounding (30 and 30.000000000000004) are no spread either
+    rounded = dx.paired_difference(pd.Series([0.3, 0.1 + 0.2, 0.3]) * 100, pd.Series([0.0, 0.0, 0.0]))
+    assert 0 < rounded["sd_diff"] < 1e-12
+    assert rounded["verdict"] == "not resolvable (sd = 0: the same difference for every seed)"
 
 
 @pytest.mark.parametrize("confidence, df, expected", [
@@ -275,9 +298,19 @@ def test_significance_table_pairs_the_configured_comparisons(partial):
     # seeds 0, 1 in both; Avg.BC ref_abc 65, 68; none 51, 55 -> diffs 14, 13
     assert abc_vs_none["n_pairs"] == 2 and abc_vs_none["mean_diff"] == pytest.approx(13.5)
     assert abc_vs_none["sd_diff"] == pytest.approx(math.sqrt(0.5))
-    assert sig.loc["spectrum correction (Ref.BC) vs none", "verdict"] == "not resolvable (n=0)"
+    assert abc_vs_none["verdict"] == "not resolvable (n < 3 pairs)"
+    assert all(math.isnan(abc_vs_none[k]) for k in ("t_crit", "ci_low", "ci_high"))
+    assert sig.loc["spectrum correction (Ref.BC) vs none", "verdict"] == "not resolvable (n < 3 pairs)"
+    # 3 seeds: Avg.BC at T=10 73, 74, 74.5 vs T=1 65, 68, 68 -> diffs 8, 6, 6.5
+    hot = sig.loc["heated-up softmax (Ref.ABC) T=10 vs T=1"]
+    assert hot["n_pairs"] == 3 and hot["mean_diff"] == pytest.approx(6.8333333)
+    assert hot["verdict"] == "A > B: the 95% interval excludes 0" and hot["ci_low"] > 0
     md = (results / "tables" / "significance.md").read_text()
-    assert "not resolvable (n=0)" in md and "+13.5" in md
+    assert "not resolvable (n < 3 pairs)" in md and "+13.5" in md
+    row = next(l for l in md.splitlines() if l.startswith("| spectrum correction (Ref.ABC) vs none"))
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    assert cells[4:] == ["2 (0 1)", "66.5", "53.0", "+13.5", "–", "not resolvable (n < 3 pairs)",
+                         "Table 2: 67.6 vs 58.6"]
 
 
 def test_no_runs_is_a_clear_error(tmp_path, capsys):

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from heatedasc.report.render import RenderContext
 
 ECE_BINS = 15  # moves to heatedasc.metrics (the same equal-width bins as metrics.json `ece`)
+MIN_PAIRS = 3  # fewer seeds paired than this: no verdict (t_{0.975,1} = 12.7 makes any interval meaningless)
 
 
 # ---------------------------------------------------------------- calibration
@@ -241,6 +242,8 @@ def render_confusion(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd
 
 # ---------------------------------------------------------------- paired significance
 SIGNIFICANCE_TEXT = ("comparison", "metric", "a", "b", "seeds", "verdict", "claim")
+NOT_RESOLVABLE = f"not resolvable (n < {MIN_PAIRS} pairs)"
+NO_SPREAD = "not resolvable (sd = 0: the same difference for every seed)"
 
 
 def t_quantile(confidence: float, df: int) -> float:
@@ -257,23 +260,25 @@ def _describe(side: dict) -> str:
 
 
 def paired_difference(a: pd.Series, b: pd.Series, *, confidence: float = 0.95) -> dict:
-    """Mean of a − b over the shared index (seeds), its sample sd (ddof=1) and the t-interval."""
+    """Mean of a − b over the shared index (seeds), its sample sd (ddof=1) and the t-interval. No verdict
+    and no interval from fewer than MIN_PAIRS pairs; a zero-width interval (sd = 0) is no evidence either."""
     both = pd.concat({"a": a, "b": b}, axis=1).dropna()
     n = len(both)
     diff = both["a"] - both["b"]
     out = {"n_pairs": n, "seeds": " ".join(str(int(s)) for s in sorted(both.index)),
            "mean_a": float(both["a"].mean()) if n else np.nan, "mean_b": float(both["b"].mean()) if n else np.nan,
-           "mean_diff": float(diff.mean()) if n else np.nan, "sd_diff": np.nan, "t_crit": np.nan,
-           "ci_low": np.nan, "ci_high": np.nan}
-    if n < 2:
-        out["verdict"] = f"not resolvable (n={n})"
+           "mean_diff": float(diff.mean()) if n else np.nan, "sd_diff": float(diff.std(ddof=1)) if n > 1 else np.nan,
+           "t_crit": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+    if n < MIN_PAIRS:
+        out["verdict"] = NOT_RESOLVABLE
         return out
-    sd = float(diff.std(ddof=1))
     t = t_quantile(confidence, n - 1)
-    half = t * sd / math.sqrt(n)
-    out.update(sd_diff=sd, t_crit=t, ci_low=out["mean_diff"] - half, ci_high=out["mean_diff"] + half)
+    half = t * out["sd_diff"] / math.sqrt(n)
+    out.update(t_crit=t, ci_low=out["mean_diff"] - half, ci_high=out["mean_diff"] + half)
     level = f"{confidence * 100:g}%"
-    if out["ci_low"] > 0:
+    if half < 1e-9:  # identical differences up to float rounding: the seeds show no spread to test against
+        out["verdict"] = NO_SPREAD
+    elif out["ci_low"] > 0:
         out["verdict"] = f"A > B: the {level} interval excludes 0"
     elif out["ci_high"] < 0:
         out["verdict"] = f"A < B: the {level} interval excludes 0"
@@ -316,7 +321,8 @@ def significance_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
                                         "A − B", f"{confidence * 100:g}% CI", "verdict", "paper's claim"])
     note = (f"Accuracies in %; A − B in percentage points, paired by seed (only seeds that ran in both cells). "
             f"Interval: mean ± t_(n−1) · sd/√n at {confidence * 100:g}% (two-sided, no correction for multiple "
-            "comparisons). With fewer than 2 pairs the difference is not resolvable.")
+            f"comparisons). With fewer than {MIN_PAIRS} pairs there is no interval and no verdict, and an interval "
+            "of zero width (the same difference for every seed) is not called significant.")
     return TableDoc("Paired comparisons over seeds", frame, (note,))
 
 
