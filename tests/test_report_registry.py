@@ -44,7 +44,7 @@ def render_toy(ctx, out):
 
 def toy_document(data, ctx):
     frame = pd.DataFrame({"correction": data["correction"], "runs": [f"{n} run(s)" for n in data["runs"]]})
-    return TableDoc("Toy: runs per correction", frame, ("Counted from metrics.json.",))
+    return TableDoc("Toy: runs per correction", frame, ("Counted from metrics.json.",), caveat=ctx.caveat)
 
 
 # the same text the Snakemake subprocess below evaluates
@@ -204,6 +204,33 @@ def test_every_table_on_the_page_has_the_cells_of_its_markdown_file(small_result
         md = md_cells(Path(out[t.markdown]).read_text())
         assert html_cells(section) == md and len(md) > 1, t.markdown
     assert md_cells(Path(out["significance_md"]).read_text())[1][0] == "a | b"
+
+
+def test_a_configured_caveat_is_printed_once_on_the_page_and_on_the_result_tables(small_results, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "runs").symlink_to(small_results / "runs")
+    config = base_config()
+    caveat = "Demo runs: too short to test the claims of the paper."
+    config["report"]["caveat"] = caveat
+    out = render_all(results, config)
+    for key in ("table2_md", "table3_md", "significance_md"):
+        assert Path(out[key]).read_text().splitlines()[2] == caveat, key
+    assert caveat not in Path(out["calibration_md"]).read_text()
+    page = Path(out["report_html"]).read_text()
+    assert page.split('<section id="config">')[0].count(caveat) == 1  # once, besides the config dump
+    assert '<section id="caveat"><div class="warn"><p>' in page
+    config["report"]["caveat"] = ""
+    out = render_all(results, config)
+    assert Path(out["table2_md"]).read_text().splitlines()[2].startswith("| correction |")
+    assert '<section id="caveat">' not in Path(out["report_html"]).read_text()
+
+
+def test_smoke_config_carries_the_demo_caveat_and_params_none():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    smoke = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    assert params["report"]["caveat"] == ""
+    assert "cannot test the paper's claims" in smoke["report"]["caveat"]
 
 
 def _artefact(**kw):

@@ -323,7 +323,7 @@ def significance_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
             f"Interval: mean ± t_(n−1) · sd/√n at {confidence * 100:g}% (two-sided, no correction for multiple "
             f"comparisons). With fewer than {MIN_PAIRS} pairs there is no interval and no verdict, and an interval "
             "of zero width (the same difference for every seed) is not called significant.")
-    return TableDoc("Paired comparisons over seeds", frame, (note,))
+    return TableDoc("Paired comparisons over seeds", frame, (note,), caveat=ctx.caveat)
 
 
 def render_significance(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:

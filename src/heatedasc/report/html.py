@@ -39,6 +39,8 @@ TEMPLATE = """\
 <h1>Acoustic scene classification for mismatched devices: heated-up softmax and spectrum correction \
 — reproduction report</h1>
 <p>Generated {{ now }} by {{ origin }}; {{ n_runs }} training run(s).</p>
+{% if caveat %}<section id="caveat"><div class="warn"><p>{{ caveat }}</p></div></section>
+{% endif -%}
 <section id="selection"><h2>Model selection</h2><div class="warn"><p>{{ selection }}</p></div></section>
 <h2>Tables</h2>
 {% for s in tables -%}
@@ -164,7 +166,7 @@ def render_page(ctx: RenderContext, out: Mapping[str, str]) -> None:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.from_string(TEMPLATE).render(
         css=markupsafe.Markup(CSS), now=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        origin=ctx.origin, n_runs=len(ctx.runs), selection=selection_note(ctx.runs),
+        origin=ctx.origin, n_runs=len(ctx.runs), caveat=ctx.caveat, selection=selection_note(ctx.runs),
         tables=tables, figures=figure_sections, links=links, lineage=lineage, lineage_head=LINEAGE_HEAD,
         config_yaml=yaml.safe_dump(json.loads(json.dumps(dict(ctx.config), default=str)), sort_keys=False))
     write_text(page, html)

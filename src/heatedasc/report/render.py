@@ -29,6 +29,12 @@ class RenderContext:
     artefacts: Mapping[str, str] = field(default_factory=dict)  # output key -> path, for the page
     origin: str = ""  # who rendered: printed on the page
 
+    @property
+    def caveat(self) -> str:
+        """`report.caveat`: one line every result table and the page print (e.g. that demo runs cannot
+        test the paper's claims); empty for none."""
+        return str(self.config.get("report", {}).get("caveat") or "")
+
 
 def render_artefact(artefact: Artefact, ctx: RenderContext, out: Mapping[str, str]) -> None:
     """Run the artefact's renderer, write the tables it returns as CSV and their Markdown documents."""

@@ -15,7 +15,9 @@ import pandas as pd
 # A pipe table; "|" inside a cell is escaped so the row keeps its columns.
 MARKDOWN = """\
 # {{ title }}
-
+{% if caveat %}
+{{ caveat }}
+{% endif %}
 | {{ header | map("escape_pipe") | join(" | ") }} |
 |{% for _ in header %}---|{% endfor %}
 {% for row in rows %}| {{ row | map("escape_pipe") | join(" | ") }} |
@@ -27,14 +29,15 @@ MARKDOWN = """\
 @dataclass(frozen=True)
 class TableDoc:
     """`frame` holds display strings (its columns are the header); each note is a paragraph under the
-    table."""
+    table; `caveat` (optional) is one line between the title and the table."""
 
     title: str
     frame: pd.DataFrame
     notes: tuple[str, ...] = ()
+    caveat: str = ""
 
     def markdown(self) -> str:
-        return _markdown_template().render(title=self.title, header=list(self.frame.columns),
+        return _markdown_template().render(title=self.title, caveat=self.caveat, header=list(self.frame.columns),
                                            rows=self.frame.values.tolist(), notes=self.notes)
 
 
