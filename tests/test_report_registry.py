@@ -254,6 +254,15 @@ def test_a_bad_registry_entry_is_refused_naming_it(artefacts, message):
         Registry(artefacts)
 
 
+def test_a_figure_of_another_stage_needs_a_path_and_its_own_key():
+    from heatedasc.report import UpstreamFigure
+
+    with pytest.raises(ValueError, match="report registry: figure 'plot' of another stage has no path"):
+        Registry([_artefact()], [UpstreamFigure("plot", "Plot", "caption")])
+    with pytest.raises(ValueError, match="report registry: figure 'x' of another stage clashes with an output of 'x'"):
+        Registry([_artefact()], [UpstreamFigure("x", "X", "caption", path="other/x.png")])
+
+
 def test_an_artefact_s_params_hold_only_the_config_it_reads():
     config = base_config()
     assert REGISTRY["fig2"].params(config) == {"report": {"fig2_temperatures": [1, 10]}}

@@ -68,6 +68,8 @@ class Artefact:
     name: str  # the Snakemake rule and the provenance record's stage
     outputs: Mapping[str, str]  # output key -> path under results/
     provenance: str  # the rule's provenance record, under results/
+    # render(ctx, out) writes the figures and JSON of `out` and returns the tables {output key: DataFrame},
+    # which render_artefact writes as CSV (and, per Table, as Markdown)
     render: Callable[[RenderContext, Mapping[str, str]], Mapping[str, pd.DataFrame] | None]
     needs: frozenset[str] = frozenset({"metrics"})
     config: tuple[str, ...] = ("report",)  # dotted config keys the rule passes as params; "*" = all of it
@@ -188,6 +190,8 @@ class Registry:
             if undeclared:
                 raise ValueError(f"{where}: shows {', '.join(undeclared)}, which are not among its outputs")
         for f in self.upstream_figures:
+            if not f.path:
+                raise ValueError(f"report registry: figure {f.key!r} of another stage has no path")
             if f.key in seen_keys:
                 raise ValueError(f"report registry: figure {f.key!r} of another stage clashes with an output of "
                                  f"{seen_keys[f.key]!r}")
