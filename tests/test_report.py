@@ -4,7 +4,6 @@ partial grid, paired significance, calibration, confusion sums, the no-runs erro
 import base64
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,9 @@ import pytest
 import yaml
 
 from conftest import REPO
-from heatedasc import report as rp
-from heatedasc import report_extras as rx
-from heatedasc import report_render as rr
+from heatedasc.report import REGISTRY, render_all
+from heatedasc.report import diagnostics as dx
+from heatedasc.report.runs import discover_runs
 
 SCENES = 10
 DEVICES = ("a", "b", "c")
@@ -88,7 +87,7 @@ def partial(tmp_path_factory):
     # a run that left only its metrics.json (no predictions, embeddings or provenance record)
     write_run(results, "ref_bc", 10, "ce", 0, acc_a=0.5, acc_b=0.5, acc_c=0.5, extras=False)
     cfg = base_config()
-    out = rr.render_all(results, cfg)
+    out = render_all(results, cfg)
     return results, cfg, out
 
 
@@ -189,7 +188,8 @@ def test_paper_numbers_in_the_tables_are_those_of_spec_section_9(partial):
 
 def test_every_artefact_is_rendered_for_a_partial_grid(partial):
     results, _, out = partial
-    assert set(out) == set(rr.ARTEFACTS)
+    assert set(out) == {key for artefact in REGISTRY for key in artefact.outputs}
+    assert len(out) == 17
     for key, p in out.items():
         assert Path(p).stat().st_size > 0, key
         if p.endswith(".png"):
@@ -197,14 +197,6 @@ def test_every_artefact_is_rendered_for_a_partial_grid(partial):
     cal = (results / "tables" / "calibration.md").read_text()
     ref_bc = next(l for l in cal.splitlines() if l.startswith("| focal | Ref.BC |"))
     assert ref_bc.count("missing") == 2
-
-
-def test_artefact_paths_match_the_workflow_path_scheme():
-    text = (REPO / "workflow" / "rules" / "common.smk").read_text()
-    paths = dict(re.findall(r'^\s*"(\w+)":\s*"([^"]+)"', text, flags=re.M))
-    for key, rel in rr.ARTEFACTS.items():
-        assert paths.get(key) == "results/" + rel, key
-        assert f'path("{key}")' in text or key in ("fig3_pdf",), key  # in report_outputs() (pdf via the rule)
 
 
 def test_calibration_table_and_ece_match_the_training_definition(partial, tmp_path):
@@ -220,7 +212,9 @@ def test_calibration_table_and_ece_match_the_training_definition(partial, tmp_pa
     rng = np.random.default_rng(1)
     probs = rng.dirichlet(np.ones(SCENES) * 0.3, size=500)
     labels = rng.integers(0, SCENES, 500)
-    assert rx.ece_from_bins(rx.reliability_bins(probs, labels)) == pytest.approx(expected_calibration_error(probs, labels))
+    bins, ece = dx.reliability(probs, labels)
+    assert ece == pytest.approx(expected_calibration_error(probs, labels))
+    assert len(bins) == 15 and bins["count"].sum() == 500
 
 
 def test_confusion_matrices_are_summed_over_seeds(partial):
@@ -242,7 +236,7 @@ def test_paired_significance_equals_a_hand_computation():
     idx = [0, 1, 2]
     a = pd.Series([70.0, 74.0, 72.0], index=idx)
     b = pd.Series([60.0, 66.0, 61.0, 99.0], index=idx + [3])  # seed 3 has no partner: not paired
-    res = rx.paired_difference(a, b, confidence=0.95)
+    res = dx.paired_difference(a, b, confidence=0.95)
     diffs = [10.0, 8.0, 11.0]
     mean = sum(diffs) / 3
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
@@ -250,21 +244,50 @@ def test_paired_significance_equals_a_hand_computation():
     assert res["n_pairs"] == 3 and res["seeds"] == "0 1 2"
     assert res["mean_diff"] == pytest.approx(mean)
     assert res["sd_diff"] == pytest.approx(sd)
+    assert res["t_crit"] == pytest.approx(4.302652729911275)
     assert (res["ci_low"], res["ci_high"]) == pytest.approx((mean - half, mean + half))
-    assert res["verdict"].startswith("A > B")
-    wide = rx.paired_difference(pd.Series([70.0, 60.0], index=[0, 1]), pd.Series([65.0, 64.0], index=[0, 1]))
-    assert wide["verdict"].startswith("not significant")
-    one = rx.paired_difference(pd.Series([70.0], index=[0]), pd.Series([60.0, 61.0], index=[1, 2]))
-    assert one["verdict"] == "not resolvable (n=0)"
-    one = rx.paired_difference(pd.Series([70.0], index=[0]), pd.Series([60.0], index=[0]))
-    assert one["verdict"] == "not resolvable (n=1)" and one["mean_diff"] == pytest.approx(10.0)
+    assert res["verdict"] == "A > B: the 95% interval excludes 0"
+    below = dx.paired_difference(b.iloc[:3], a, confidence=0.95)
+    assert below["verdict"] == "A < B: the 95% interval excludes 0"
+    spread = dx.paired_difference(pd.Series([70.0, 60.0, 66.0]), pd.Series([65.0, 64.0, 64.0]))
+    assert spread["verdict"] == "not significant: the 95% interval includes 0"
 
 
-def test_t_table_fallback_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    for df, t in enumerate(rx._T975, start=1):
-        assert t == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3)
-    assert rx.t_quantile(0.95, 2) == pytest.approx(4.302652729911275)
+def test_fewer_than_three_pairs_get_no_interval_and_no_verdict():
+    # two seeds: t_{0.975,1} = 12.7; the old report called such cells significant (or not) anyway
+    two = dx.paired_difference(pd.Series([70.0, 60.0], index=[0, 1]), pd.Series([65.0, 64.0], index=[0, 1]))
+    assert two["verdict"] == "not resolvable (n < 3 pairs)"
+    assert two["n_pairs"] == 2 and two["mean_diff"] == pytest.approx(0.5)
+    assert two["sd_diff"] == pytest.approx(math.sqrt(40.5))  # the spread is still reported
+    assert all(math.isnan(two[k]) for k in ("t_crit", "ci_low", "ci_high"))
+    none = dx.paired_difference(pd.Series([70.0], index=[0]), pd.Series([60.0, 61.0], index=[1, 2]))
+    assert none["verdict"] == "not resolvable (n < 3 pairs)" and none["n_pairs"] == 0 and math.isnan(none["mean_diff"])
+    one = dx.paired_difference(pd.Series([70.0], index=[0]), pd.Series([60.0], index=[0]))
+    assert one["verdict"] == "not resolvable (n < 3 pairs)" and one["mean_diff"] == pytest.approx(10.0)
+    assert math.isnan(one["sd_diff"]) and math.isnan(one["ci_low"])
+
+
+def test_a_zero_width_interval_is_never_called_significant():
+    same = dx.paired_difference(pd.Series([70.0, 72.0, 74.0]), pd.Series([60.0, 62.0, 64.0]))
+    assert same["sd_diff"] == 0.0 and same["ci_low"] == same["ci_high"] == 10.0
+    assert same["verdict"] == "not resolvable (sd = 0: the same difference for every seed)"
+    # differences equal up to float rounding (30 and 30.000000000000004) are no spread either
+    rounded = dx.paired_difference(pd.Series([0.3, 0.1 + 0.2, 0.3]) * 100, pd.Series([0.0, 0.0, 0.0]))
+    assert 0 < rounded["sd_diff"] < 1e-12
+    assert rounded["verdict"] == "not resolvable (sd = 0: the same difference for every seed)"
+
+
+@pytest.mark.parametrize("confidence, df, expected", [
+    (0.95, 1, 12.706204736), (0.95, 2, 4.302652729), (0.95, 4, 2.776445105), (0.95, 30, 2.042272456),
+    (0.95, 60, 2.000297822), (0.99, 10, 3.169272673),
+])
+def test_t_quantile_is_students_t(confidence, df, expected):
+    assert dx.t_quantile(confidence, df) == pytest.approx(expected, abs=1e-8)
+
+
+def test_t_quantile_needs_a_degree_of_freedom():
+    with pytest.raises(ValueError, match="t quantile needs df >= 1, got 0"):
+        dx.t_quantile(0.95, 0)
 
 
 def test_significance_table_pairs_the_configured_comparisons(partial):
@@ -275,15 +298,25 @@ def test_significance_table_pairs_the_configured_comparisons(partial):
     # seeds 0, 1 in both; Avg.BC ref_abc 65, 68; none 51, 55 -> diffs 14, 13
     assert abc_vs_none["n_pairs"] == 2 and abc_vs_none["mean_diff"] == pytest.approx(13.5)
     assert abc_vs_none["sd_diff"] == pytest.approx(math.sqrt(0.5))
-    assert sig.loc["spectrum correction (Ref.BC) vs none", "verdict"] == "not resolvable (n=0)"
+    assert abc_vs_none["verdict"] == "not resolvable (n < 3 pairs)"
+    assert all(math.isnan(abc_vs_none[k]) for k in ("t_crit", "ci_low", "ci_high"))
+    assert sig.loc["spectrum correction (Ref.BC) vs none", "verdict"] == "not resolvable (n < 3 pairs)"
+    # 3 seeds: Avg.BC at T=10 73, 74, 74.5 vs T=1 65, 68, 68 -> diffs 8, 6, 6.5
+    hot = sig.loc["heated-up softmax (Ref.ABC) T=10 vs T=1"]
+    assert hot["n_pairs"] == 3 and hot["mean_diff"] == pytest.approx(6.8333333)
+    assert hot["verdict"] == "A > B: the 95% interval excludes 0" and hot["ci_low"] > 0
     md = (results / "tables" / "significance.md").read_text()
-    assert "not resolvable (n=0)" in md and "+13.5" in md
+    assert "not resolvable (n < 3 pairs)" in md and "+13.5" in md
+    row = next(l for l in md.splitlines() if l.startswith("| spectrum correction (Ref.ABC) vs none"))
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    assert cells[4:] == ["2 (0 1)", "66.5", "53.0", "+13.5", "–", "not resolvable (n < 3 pairs)",
+                         "Table 2: 67.6 vs 58.6"]
 
 
 def test_no_runs_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "results" / "runs").mkdir(parents=True)
     with pytest.raises(ValueError, match="no training runs found"):
-        rr.discover_runs(tmp_path / "results")
+        discover_runs(tmp_path / "results")
     from heatedasc.cli import main
 
     code = main(["report", "--results", str(tmp_path / "results"), "--configfile", str(REPO / "params.yaml")])

@@ -151,7 +151,7 @@ def test_tiny_end_to_end_run_produces_every_contract_file(tmp_path):
 
     for name in ("tables/table2.csv", "tables/table2.md", "tables/table3.csv", "tables/table3.md",
                  "figures/fig3.png", "figures/fig3.csv", "figures/fig2.png", "metrics.json",
-                 "figures/coefficients.png"):
+                 "coefficients/coefficients.png"):
         assert (results / name).stat().st_size > 0, name
     table2 = pd.read_csv(results / "tables" / "table2.csv")
     assert len(table2) == 3

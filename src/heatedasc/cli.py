@@ -78,7 +78,7 @@ def _config(args) -> int:
 
 def _report(args) -> int:
     from heatedasc.config import load_config
-    from heatedasc.report_render import render_all
+    from heatedasc.report.render import render_all
 
     config = load_config(_configfiles(args))
     for key, path in render_all(args.results, config).items():

@@ -6,6 +6,7 @@ import os
 from snakemake_interface_executor_plugins.settings import ExecMode
 
 from heatedasc.recipes import TOKEN_DIR, RecipeBook, recipe_param, token_input
+from heatedasc.report.registry import REGISTRY as REPORT
 
 SRC = os.path.join(workflow.basedir, "src", "heatedasc")
 DATA_ROOT = config["data"]["root"]
@@ -23,43 +24,20 @@ PATHS = {
     "prepare_report": "results/prepared/report.json",
     "mean_spectra": "results/coefficients/mean_spectra.npz",
     "coefficients": "results/coefficients/{correction}.npz",
-    "coefficient_plot": "results/figures/coefficients.png",
     "stats": "results/features/{correction}/stats.npz",
     "cache": "results/features/{correction}/{split}.npy",
     "cache_index": "results/features/{correction}/{split}.csv",
     "run": "results/runs/{correction}/T{temperature}/{loss}/seed{seed}",
-    "table2": "results/tables/table2.csv",
-    "table2_md": "results/tables/table2.md",
-    "table3": "results/tables/table3.csv",
-    "table3_md": "results/tables/table3.md",
-    "fig3": "results/figures/fig3.png",
-    "fig3_pdf": "results/figures/fig3.pdf",
-    "fig3_csv": "results/figures/fig3.csv",
-    "fig2": "results/figures/fig2.png",
-    "summary": "results/metrics.json",
-    # Beyond the paper (heatedasc.report_extras) and the HTML report (heatedasc.report_html).
-    "calibration": "results/tables/calibration.csv",
-    "calibration_md": "results/tables/calibration.md",
-    "reliability": "results/figures/reliability.png",
-    "confusion": "results/figures/confusion.png",
-    "confusion_csv": "results/tables/confusion.csv",
-    "significance": "results/tables/significance.csv",
-    "significance_md": "results/tables/significance.md",
-    "report_html": "results/report.html",
+    # The report's outputs, provenance records and the coefficient plot it shows: from its registry
+    # (heatedasc.report.registry), where each artefact is declared once.
+    **REPORT.paths("results"),
     # One provenance record per job (heatedasc.provenance.record_job), read by `heatedasc lineage`.
     "prepare_prov": "results/prepared/provenance.json",
     "mean_spectra_prov": "results/coefficients/mean_spectra.provenance.json",
     "coefficients_prov": "results/coefficients/{correction}.provenance.json",
     "stats_prov": "results/features/{correction}/stats.provenance.json",
     "cache_prov": "results/features/{correction}/{split}.provenance.json",
-    "tables_prov": "results/tables/provenance.json",
-    "fig3_prov": "results/figures/fig3.provenance.json",
-    "fig2_prov": "results/figures/fig2.provenance.json",
-    "coefficient_plot_prov": "results/figures/coefficients.provenance.json",
-    "calibration_prov": "results/tables/calibration.provenance.json",
-    "confusion_prov": "results/figures/confusion.provenance.json",
-    "significance_prov": "results/tables/significance.provenance.json",
-    "report_html_prov": "results/report.provenance.json",
+    "coefficient_plot_prov": "results/coefficients/coefficients.provenance.json",
 }
 RUN_FILES = ("metrics.json", "history.csv", "model.pt", "embeddings.npz", "predictions.npz", "provenance.json")
 
@@ -141,25 +119,8 @@ def rule_resources(stage):
 
 
 def report_outputs():
-    return [
-        path("table2"),
-        path("table2_md"),
-        path("table3"),
-        path("table3_md"),
-        path("fig3"),
-        path("fig3_csv"),
-        path("fig2"),
-        path("summary"),
-        path("coefficient_plot"),
-        path("calibration"),
-        path("calibration_md"),
-        path("reliability"),
-        path("confusion"),
-        path("confusion_csv"),
-        path("significance"),
-        path("significance_md"),
-        path("report_html"),
-    ]
+    """Every registered report output and the figures of other stages the report page shows."""
+    return [path(key) for key in REPORT.target_keys()]
 
 
 def raw_input(p):

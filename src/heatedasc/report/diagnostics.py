@@ -1,40 +1,32 @@
-"""Beyond the paper, from the saved per-run outputs (no retraining): calibration of softmax(z/T)
-(ECE and reliability diagrams), device-wise confusion matrices, and paired significance of the
-comparisons the paper draws."""
+"""Beyond the paper, from the saved per-run outputs (no retraining): calibration of softmax(z/T) (ECE
+and reliability diagrams), device-wise confusion matrices, and paired significance of the comparisons
+the paper draws."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import pandas as pd
 
-from heatedasc.fileio import atomic_path, write_text
-from heatedasc.report import LABELS, METRICS, _isnan, markdown_table, select_cell
+from heatedasc.report.plotting import pyplot, save_figure
+from heatedasc.report.runs import (DEVICES, LABELS, METRICS, class_names, grid_axes, load_predictions,
+                                   select_cell)
+from heatedasc.report.tables import TableDoc, isnan, text
 
-ECE_BINS = 15  # the same equal-width bins as metrics.json `ece` (heatedasc.train.ECE_BINS)
-DEVICES = ("a", "b", "c")
+if TYPE_CHECKING:
+    from heatedasc.report.render import RenderContext
 
-# Two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30: used only when scipy is not installed.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+ECE_BINS = 15  # moves to heatedasc.metrics (the same equal-width bins as metrics.json `ece`)
+MIN_PAIRS = 3  # fewer seeds paired than this: no verdict (t_{0.975,1} = 12.7 makes any interval meaningless)
 
 
 # ---------------------------------------------------------------- calibration
-def load_predictions(run_dir) -> dict | None:
-    """probs = softmax(z/T) and labels of one run's test set (predictions.npz); None if the file is absent."""
-    f = Path(run_dir) / "predictions.npz"
-    if not f.is_file():
-        return None
-    with np.load(f) as d:
-        return {"probs": d["probs"].astype(np.float64), "labels": d["labels"].astype(np.int64),
-                "devices": d["devices"].astype(str)}
-
-
-def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> pd.DataFrame:
-    """Per equal-width confidence bin (lo, hi]: count, accuracy and mean confidence of the top class."""
+# moves to heatedasc.metrics
+def reliability(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> tuple[pd.DataFrame, float]:
+    """Per equal-width confidence bin (lo, hi] of the top class: count, accuracy and mean confidence; and
+    the expected calibration error Σ_b |B|/N · |acc(B) − conf(B)| (the definition of metrics.json `ece`)."""
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -44,23 +36,19 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BI
         n = int(sel.sum())
         rows.append({"lo": lo, "hi": hi, "count": n, "accuracy": float(correct[sel].mean()) if n else np.nan,
                      "confidence": float(conf[sel].mean()) if n else np.nan})
-    return pd.DataFrame(rows)
-
-
-def ece_from_bins(bins: pd.DataFrame) -> float:
-    """Σ_b |B|/N · |acc(B) − conf(B)| (the definition of metrics.json `ece`)."""
+    bins = pd.DataFrame(rows)
     total = bins["count"].sum()
     if total == 0:
-        return float("nan")
+        return bins, float("nan")
     used = bins[bins["count"] > 0]
-    return float((used["count"] / total * (used["accuracy"] - used["confidence"]).abs()).sum())
+    return bins, float((used["count"] / total * (used["accuracy"] - used["confidence"]).abs()).sum())
 
 
 def _run_ece(row) -> float:
-    if not _isnan(row.get("ece")):
+    if not isnan(row.get("ece")):
         return float(row["ece"])
     pred = load_predictions(row["run_dir"])
-    return ece_from_bins(reliability_bins(pred["probs"], pred["labels"])) if pred else float("nan")
+    return reliability(pred["probs"], pred["labels"])[1] if pred else float("nan")
 
 
 def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -75,7 +63,7 @@ def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
         if preds:
             probs = np.concatenate([p["probs"] for p in preds])
             labels = np.concatenate([p["labels"] for p in preds])
-            pooled = {"ece_pooled": ece_from_bins(reliability_bins(probs, labels)) * 100.0,
+            pooled = {"ece_pooled": reliability(probs, labels)[1] * 100.0,
                       "accuracy_pooled": float((probs.argmax(1) == labels).mean()) * 100.0,
                       "confidence_pooled": float(probs.max(1).mean()) * 100.0}
         rows.append({"correction": corr, "temperature": float(t), "loss": loss,
@@ -86,14 +74,11 @@ def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
                                        "n_pooled_runs", "ece_pooled", "accuracy_pooled", "confidence_pooled"])
 
 
-def write_calibration(table: pd.DataFrame, csv_path, md_path, *, corrections, temperatures, losses) -> None:
-    """CSV of every cell that ran; Markdown grid (correction × loss rows, T columns) over the configured
-    axes, with "missing" where a cell has no run."""
-    with atomic_path(csv_path) as tmp:
-        table.to_csv(tmp, index=False)
+def calibration_frame(table: pd.DataFrame, *, corrections, temperatures, losses) -> pd.DataFrame:
+    """The printed grid: correction × loss rows, T columns over the configured axes, "missing" where a
+    cell has no run."""
     temps = sorted({float(t) for t in temperatures} | set(table["temperature"].astype(float)))
     corrs = list(dict.fromkeys(list(corrections) + list(table["correction"])))
-    header = ["loss", "correction"] + [f"T={t:g}" for t in temps]
     rows = []
     for loss in dict.fromkeys(list(losses) + list(table["loss"])):
         for corr in corrs:
@@ -105,30 +90,27 @@ def write_calibration(table: pd.DataFrame, csv_path, md_path, *, corrections, te
                     cells.append("missing")
                     continue
                 r = hit.iloc[0]
-                cell = f"{r['ece_mean']:.1f}" + ("" if _isnan(r["ece_sd"]) else f" ± {r['ece_sd']:.1f}")
+                cell = f"{r['ece_mean']:.1f}" + ("" if isnan(r["ece_sd"]) else f" ± {r['ece_sd']:.1f}")
                 cells.append(cell + f" ({int(r['n'])})")
             rows.append(cells)
-    lines = ["# Expected calibration error of softmax(z/T) on the test set", ""] + markdown_table(header, rows)
-    lines += ["", f"ECE in %, {ECE_BINS} equal-width confidence bins: mean ± sd over seeds (number of seeds); "
-              "\"missing\" = no run of that cell. The heated-up softmax is trained with p = softmax(z/T), "
-              "so its probabilities are those at the training temperature T. Pooled-over-seeds ECE, accuracy "
-              "and confidence are in the CSV."]
-    write_text(md_path, "\n".join(lines) + "\n")
+    return pd.DataFrame(rows, columns=["loss", "correction"] + [f"T={t:g}" for t in temps])
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def calibration_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
+    sweep = grid_axes(ctx.config, ctx.runs)
+    frame = calibration_frame(data, corrections=sweep["correction"], temperatures=sweep["temperature"],
+                              losses=sweep["loss"])
+    note = (f"ECE in %, {ECE_BINS} equal-width confidence bins: mean ± sd over seeds (number of seeds); "
+            "\"missing\" = no run of that cell. The heated-up softmax is trained with p = softmax(z/T), "
+            "so its probabilities are those at the training temperature T. Pooled-over-seeds ECE, accuracy "
+            "and confidence are in the CSV.")
+    return TableDoc("Expected calibration error of softmax(z/T) on the test set", frame, (note,))
 
 
 def plot_reliability(runs: pd.DataFrame, out_png, *, loss: str, corrections, temperatures) -> None:
     """Reliability diagrams, rows = correction, columns = T, test predictions of `loss` runs pooled over
     seeds; each panel names its pooled ECE and the per-seed mean ± sd."""
-    plt = _pyplot()
+    plt = pyplot()
     temps = sorted({float(t) for t in temperatures} | set(runs.loc[runs["loss"] == loss, "temperature"].astype(float)))
     corrs = list(dict.fromkeys(list(corrections) + list(runs.loc[runs["loss"] == loss, "correction"])))
     fig, axes = plt.subplots(len(corrs), len(temps), figsize=(2.4 * len(temps) + 0.6, 2.4 * len(corrs) + 0.8),
@@ -148,7 +130,7 @@ def plot_reliability(runs: pd.DataFrame, out_png, *, loss: str, corrections, tem
                 continue
             probs = np.concatenate([p["probs"] for p in preds])
             labels = np.concatenate([p["labels"] for p in preds])
-            bins = reliability_bins(probs, labels)
+            bins, pooled_ece = reliability(probs, labels)
             used = bins[bins["count"] > 0]
             width = bins["hi"].iloc[0] - bins["lo"].iloc[0]
             ax.bar(used["lo"], used["accuracy"], width=width, align="edge", color="tab:blue", alpha=0.75,
@@ -158,7 +140,7 @@ def plot_reliability(runs: pd.DataFrame, out_png, *, loss: str, corrections, tem
                    label="gap to mean confidence")
             eces = np.array([_run_ece(r) for _, r in cell.iterrows()], dtype=float) * 100
             per_seed = f"{np.nanmean(eces):.1f}" + (f" ± {np.nanstd(eces, ddof=1):.1f}" if len(eces) > 1 else "")
-            ax.text(0.03, 0.97, f"ECE pooled {ece_from_bins(bins) * 100:.1f}%\nper seed {per_seed} (n={len(eces)})",
+            ax.text(0.03, 0.97, f"ECE pooled {pooled_ece * 100:.1f}%\nper seed {per_seed} (n={len(eces)})",
                     ha="left", va="top", fontsize=6.5, transform=ax.transAxes,
                     bbox={"facecolor": "white", "alpha": 0.7, "lw": 0})
         axes[i, 0].set_ylabel("accuracy")
@@ -169,9 +151,15 @@ def plot_reliability(runs: pd.DataFrame, out_png, *, loss: str, corrections, tem
         fig.legend(handles, labs, loc="lower center", ncol=2, fontsize=7)
     fig.suptitle(f"Reliability of softmax(z/T), {loss} loss, test set pooled over seeds", fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+    save_figure(fig, out_png, dpi=100)
     plt.close(fig)
+
+
+def render_calibration(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:
+    sweep = grid_axes(ctx.config, ctx.runs)
+    plot_reliability(ctx.runs, out["reliability"], loss=ctx.config["report"]["calibration_loss"],
+                     corrections=sweep["correction"], temperatures=sweep["temperature"])
+    return {"calibration": calibration_table(ctx.runs)}
 
 
 # ---------------------------------------------------------------- confusion matrices
@@ -209,7 +197,7 @@ def confusion_frame(sums: list[dict], class_names) -> pd.DataFrame:
 
 def plot_confusion(sums: list[dict], out_png, *, class_names) -> None:
     """Rows = run sets, columns = devices; colour = row-normalised (recall), numbers = counts summed over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     k = len(class_names)
     fig, axes = plt.subplots(max(len(sums), 1), len(DEVICES), figsize=(4.2 * len(DEVICES), 4.2 * max(len(sums), 1)),
                              squeeze=False)
@@ -241,22 +229,29 @@ def plot_confusion(sums: list[dict], out_png, *, class_names) -> None:
         axes[0, 0].text(0.5, 0.5, "no confusion run sets configured (report.confusion_runs)", ha="center")
     fig.suptitle("Test-set confusion per device, summed over seeds (colour: share of the true class)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+    save_figure(fig, out_png, dpi=100)
     plt.close(fig)
 
 
+def render_confusion(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:
+    names = class_names()
+    sums = confusion_sums(ctx.runs, list(ctx.config["report"]["confusion_runs"]), len(names))
+    plot_confusion(sums, out["confusion"], class_names=names)
+    return {"confusion_csv": confusion_frame(sums, names)}
+
+
 # ---------------------------------------------------------------- paired significance
+SIGNIFICANCE_TEXT = ("comparison", "metric", "a", "b", "seeds", "verdict", "claim")
+NOT_RESOLVABLE = f"not resolvable (n < {MIN_PAIRS} pairs)"
+NO_SPREAD = "not resolvable (sd = 0: the same difference for every seed)"
+
+
 def t_quantile(confidence: float, df: int) -> float:
-    """Two-sided Student-t critical value t_{(1+confidence)/2, df} (scipy if installed, else a 95% table)."""
+    """Two-sided Student-t critical value t_{(1+confidence)/2, df}."""
+    from scipy import stats
+
     if df < 1:
         raise ValueError(f"t quantile needs df >= 1, got {df}")
-    try:
-        from scipy import stats
-    except ImportError:
-        if not math.isclose(confidence, 0.95):
-            raise ValueError(f"confidence {confidence} needs scipy (only the 95% table is built in)") from None
-        return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df  # df > 30: within 0.001 of the true value
     return float(stats.t.ppf(0.5 + confidence / 2, df))
 
 
@@ -265,23 +260,25 @@ def _describe(side: dict) -> str:
 
 
 def paired_difference(a: pd.Series, b: pd.Series, *, confidence: float = 0.95) -> dict:
-    """Mean of a − b over the shared index (seeds), its sample sd (ddof=1) and the t-interval."""
+    """Mean of a − b over the shared index (seeds), its sample sd (ddof=1) and the t-interval. No verdict
+    and no interval from fewer than MIN_PAIRS pairs; a zero-width interval (sd = 0) is no evidence either."""
     both = pd.concat({"a": a, "b": b}, axis=1).dropna()
     n = len(both)
     diff = both["a"] - both["b"]
     out = {"n_pairs": n, "seeds": " ".join(str(int(s)) for s in sorted(both.index)),
            "mean_a": float(both["a"].mean()) if n else np.nan, "mean_b": float(both["b"].mean()) if n else np.nan,
-           "mean_diff": float(diff.mean()) if n else np.nan, "sd_diff": np.nan, "t_crit": np.nan,
-           "ci_low": np.nan, "ci_high": np.nan}
-    if n < 2:
-        out["verdict"] = f"not resolvable (n={n})"
+           "mean_diff": float(diff.mean()) if n else np.nan, "sd_diff": float(diff.std(ddof=1)) if n > 1 else np.nan,
+           "t_crit": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+    if n < MIN_PAIRS:
+        out["verdict"] = NOT_RESOLVABLE
         return out
-    sd = float(diff.std(ddof=1))
     t = t_quantile(confidence, n - 1)
-    half = t * sd / math.sqrt(n)
-    out.update(sd_diff=sd, t_crit=t, ci_low=out["mean_diff"] - half, ci_high=out["mean_diff"] + half)
+    half = t * out["sd_diff"] / math.sqrt(n)
+    out.update(t_crit=t, ci_low=out["mean_diff"] - half, ci_high=out["mean_diff"] + half)
     level = f"{confidence * 100:g}%"
-    if out["ci_low"] > 0:
+    if half < 1e-9:  # identical differences up to float rounding: the seeds show no spread to test against
+        out["verdict"] = NO_SPREAD
+    elif out["ci_low"] > 0:
         out["verdict"] = f"A > B: the {level} interval excludes 0"
     elif out["ci_high"] < 0:
         out["verdict"] = f"A < B: the {level} interval excludes 0"
@@ -311,20 +308,25 @@ def significance_table(runs: pd.DataFrame, comparisons: list, *, confidence: flo
                                        "claim"])
 
 
-def write_significance(table: pd.DataFrame, csv_path, md_path, *, confidence: float = 0.95) -> None:
-    with atomic_path(csv_path) as tmp:
-        table.to_csv(tmp, index=False)
-    num = lambda v: "–" if _isnan(v) else f"{v:.1f}"  # noqa: E731
-    header = ["comparison", "A", "B", "metric", "pairs (seeds)", "mean A", "mean B", "A − B",
-              f"{confidence * 100:g}% CI", "verdict", "paper's claim"]
+def significance_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
+    confidence = float(ctx.config["report"]["confidence"])
+    num = lambda v: "–" if isnan(v) else f"{v:.1f}"  # noqa: E731
     rows = []
-    for _, r in table.iterrows():
-        ci = "–" if _isnan(r["ci_low"]) else f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
-        diff = "–" if _isnan(r["mean_diff"]) else f"{r['mean_diff']:+.1f}"
-        rows.append([r["comparison"], r["a"], r["b"], r["metric"], f"{r['n_pairs']} ({r['seeds'] or '–'})",
-                     num(r["mean_a"]), num(r["mean_b"]), diff, ci, r["verdict"], r["claim"] or "–"])
-    lines = ["# Paired comparisons over seeds", ""] + markdown_table(header, rows)
-    lines += ["", f"Accuracies in %; A − B in percentage points, paired by seed (only seeds that ran in both cells). "
-              f"Interval: mean ± t_(n−1) · sd/√n at {confidence * 100:g}% (two-sided, no correction for multiple "
-              "comparisons). With fewer than 2 pairs the difference is not resolvable."]
-    write_text(md_path, "\n".join(lines) + "\n")
+    for _, r in data.iterrows():
+        ci = "–" if isnan(r["ci_low"]) else f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+        diff = "–" if isnan(r["mean_diff"]) else f"{r['mean_diff']:+.1f}"
+        rows.append([r["comparison"], r["a"], r["b"], r["metric"], f"{r['n_pairs']} ({text(r['seeds'])})",
+                     num(r["mean_a"]), num(r["mean_b"]), diff, ci, r["verdict"], text(r["claim"])])
+    frame = pd.DataFrame(rows, columns=["comparison", "A", "B", "metric", "pairs (seeds)", "mean A", "mean B",
+                                        "A − B", f"{confidence * 100:g}% CI", "verdict", "paper's claim"])
+    note = (f"Accuracies in %; A − B in percentage points, paired by seed (only seeds that ran in both cells). "
+            f"Interval: mean ± t_(n−1) · sd/√n at {confidence * 100:g}% (two-sided, no correction for multiple "
+            f"comparisons). With fewer than {MIN_PAIRS} pairs there is no interval and no verdict, and an interval "
+            "of zero width (the same difference for every seed) is not called significant.")
+    return TableDoc("Paired comparisons over seeds", frame, (note,), caveat=ctx.caveat)
+
+
+def render_significance(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:
+    cfg = ctx.config["report"]
+    return {"significance": significance_table(ctx.runs, list(cfg["comparisons"]),
+                                               confidence=float(cfg["confidence"]))}

@@ -1,63 +1,29 @@
-"""The paper's artefacts from per-run metrics: Table 2, Table 3, Fig. 3, Fig. 2 and a summary."""
+"""The paper's artefacts from the per-run metrics: Table 2, Table 3, Fig. 3, Fig. 2 and the summary
+metrics `dvc metrics show` prints. Renderers take a RenderContext and the artefact's output paths and
+return the tables they computed (the registry writes those as CSV and Markdown)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import pandas as pd
 
-from heatedasc.fileio import atomic_path, write_text
+from heatedasc.fileio import write_json
+from heatedasc.report.plotting import pyplot, save_figure
+from heatedasc.report.runs import LABELS, METRICS, class_names, select_cell, selection_note
+from heatedasc.report.tables import (TableDoc, format_cell, format_plain, format_published, integer_counts,
+                                     isnan)
 
-RUN_KEYS = ("correction", "temperature", "loss", "seed", "acc_a", "acc_b", "acc_c", "avg_bc",
-            "params_trainable", "params_keras", "best_epoch", "selection")
-LABELS = {"ref_abc": "Ref.ABC", "ref_bc": "Ref.BC", "none": "NoCorrection"}
-METRICS = {"Dev.A": "acc_a", "Dev.B": "acc_b", "Dev.C": "acc_c", "Avg.BC": "avg_bc"}
+if TYPE_CHECKING:
+    from heatedasc.report.render import RenderContext
+
 PAPER_KEYS = {"Dev.A": "dev_a", "Dev.B": "dev_b", "Dev.C": "dev_c", "Avg.BC": "avg_bc"}
-
-
-def load_runs(metrics_paths) -> pd.DataFrame:
-    """One row per run; accuracies stay fractions here and become % in the tables."""
-    paths = list(metrics_paths)
-    if not paths:
-        raise ValueError("no training runs found: the report needs at least one results/runs/.../metrics.json")
-    rows = []
-    for p in paths:
-        try:
-            m = json.loads(Path(p).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{p}: unreadable metrics file ({exc})") from exc
-        missing = [k for k in RUN_KEYS if k not in m]
-        if missing:
-            raise ValueError(f"{p}: metrics file lacks key(s) {', '.join(missing)}")
-        row = {k: m[k] for k in RUN_KEYS}
-        row.update(temperature=float(m["temperature"]), seed=int(m["seed"]), acc_overall=m.get("acc_overall"),
-                   ece=m.get("ece"), selection_note=m.get("selection_note"), confusion=m.get("confusion"),
-                   class_acc=m.get("class_acc"), path=str(p), run_dir=str(Path(p).parent))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def select_cell(runs: pd.DataFrame, *, correction: str, temperature, loss: str) -> pd.DataFrame:
-    """The runs (one per seed) of one (correction, T, loss) cell; empty if none has run."""
-    return runs[(runs["correction"] == correction) & (runs["loss"] == loss)
-                & np.isclose(runs["temperature"].astype(float), float(temperature))]
-
-
-def selection_note(runs: pd.DataFrame) -> str:
-    """One paragraph on how the epochs were chosen; says so loudly when the test set chose them."""
-    selections = sorted(set(runs["selection"].astype(str)))
-    notes = sorted({str(n) for n in runs["selection_note"].dropna()}) if "selection_note" in runs else []
-    head = f"Model selection: train.selection={', '.join(selections)}"
-    if len(selections) > 1:
-        head += " (mixed across runs)"
-    if "test" in selections:
-        head += ". The paper's `test` selection leaks the test set"
-        if not notes:
-            head += (": fold1_evaluate chose the epoch (and drove the learning-rate schedule), so the accuracies "
-                     "are optimistic")
-    return head + "." + "".join(" " + n for n in notes)
+ACCURACY_NOTE = ("Accuracies in %: mean ± sd over seeds (number of seeds); \"missing\" = no run of that cell; "
+                 "paper = the published value (SPEC §9); Δ = reproduction − paper, in percentage points.")
+QUOTED_NOTE = ("Rows with source \"quoted from paper\" are other systems' numbers as the paper quotes them; "
+               "they were not rerun here.")
 
 
 def _agg(values: pd.Series) -> tuple[float, float, int]:
@@ -66,6 +32,11 @@ def _agg(values: pd.Series) -> tuple[float, float, int]:
     return (float(v.mean()) if n else np.nan, float(v.std(ddof=1)) if n > 1 else np.nan, n)
 
 
+def _count_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.endswith("_n")]
+
+
+# ---------------------------------------------------------------- Tables 2 and 3
 def make_table2(runs: pd.DataFrame, *, temperature, paper_table2: dict) -> pd.DataFrame:
     """Rows per correction; per loss × (Dev.A, Avg.BC): mean, sd (ddof=1), n seeds, paper, diff (%)."""
     rows = []
@@ -80,7 +51,8 @@ def make_table2(runs: pd.DataFrame, *, temperature, paper_table2: dict) -> pd.Da
                 row.update({f"{prefix}_mean": mean, f"{prefix}_sd": sd, f"{prefix}_n": n,
                             f"{prefix}_paper": paper, f"{prefix}_diff": mean - paper})
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    return integer_counts(df, _count_columns(df))
 
 
 def make_table3(runs: pd.DataFrame, *, rows: list, quoted: list, paper_ours: dict) -> pd.DataFrame:
@@ -105,45 +77,12 @@ def make_table3(runs: pd.DataFrame, *, rows: list, quoted: list, paper_ours: dic
                       f"{name}_diff": mean - p})
         out.append(r)
     df = pd.DataFrame(out)
-    df["params"] = pd.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else int(v)
-                             for v in df["params"]], dtype="Int64")
-    return df
+    return integer_counts(df, ["params"] + _count_columns(df))
 
 
-def _isnan(v) -> bool:
-    return v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v))
-
-
-def format_cell(mean, sd=np.nan, n=None) -> str:
-    """"mean ± sd (n)" in %; a reproduction cell without runs is "missing" (never 0); a blank quoted cell "–"."""
-    if n is not None and not _isnan(n) and int(n) == 0:
-        return "missing"
-    if _isnan(mean):
-        return "–"
-    s = f"{mean:.1f}"
-    if not _isnan(sd):
-        s += f" ± {sd:.1f}"
-    return s + (f" ({int(n)})" if n is not None and not _isnan(n) else "")
-
-
-def _format_plain(value) -> str:
-    if _isnan(value):
-        return "–"
-    if isinstance(value, (int, np.integer)):
-        return f"{int(value):,}"
-    if isinstance(value, (float, np.floating)):
-        return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
-    return str(value)
-
-
-def _format_paper(v) -> str:
-    """A published number as printed: 72.0 stays 72.0, 70.27 keeps its two decimals."""
-    return f"{v:.1f}" if round(float(v), 1) == float(v) else f"{v:g}"
-
-
-def table_cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted rows of a result table: per metric group the reproduction ("mean ± sd (n)"),
-    the paper's value and the difference (reproduction − paper, percentage points)."""
+def result_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The printed cells of a result table: per metric group the reproduction ("mean ± sd (n)"), the
+    paper's value and the difference (reproduction − paper, percentage points)."""
     groups = [c[: -len("_mean")] for c in df.columns if c.endswith("_mean")]
     first = [c for c in df.columns if not any(c.startswith(g + "_") for g in groups)]
     header = list(first)
@@ -152,45 +91,41 @@ def table_cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     rows = []
     for _, r in df.iterrows():
         ours = r.get("source") == "this reproduction"
-        cells = ["missing" if ours and c == "params" and _isnan(r[c]) else _format_plain(r[c]) for c in first]
+        cells = ["missing" if ours and c == "params" and isnan(r[c]) else format_plain(r[c]) for c in first]
         for g in groups:
             n = r.get(f"{g}_n")
-            cells.append(format_cell(r[f"{g}_mean"], r.get(f"{g}_sd", np.nan), None if _isnan(n) else n))
+            cells.append(format_cell(r[f"{g}_mean"], r.get(f"{g}_sd", np.nan), None if isnan(n) else n))
             paper, diff = r.get(f"{g}_paper"), r.get(f"{g}_diff")
-            cells.append("–" if _isnan(paper) else _format_paper(paper))
-            cells.append("–" if _isnan(diff) else f"{diff:+.1f}")
+            cells.append("–" if isnan(paper) else format_published(paper))
+            cells.append("–" if isnan(diff) else f"{diff:+.1f}")
         rows.append(cells)
-    return header, rows
+    return pd.DataFrame(rows, columns=header)
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    esc = lambda c: str(c).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
-    return lines
+def _result_doc(data: pd.DataFrame, ctx: RenderContext, title: str) -> TableDoc:
+    notes = ACCURACY_NOTE
+    if "source" in data.columns and (data["source"] == "quoted from paper").any():
+        notes += "\n" + QUOTED_NOTE
+    return TableDoc(title, result_frame(data), (notes, selection_note(ctx.runs)), caveat=ctx.caveat)
 
 
-def write_table(df: pd.DataFrame, csv_path, md_path, *, title: str, selection: str | None = None) -> None:
-    """CSV (every column, missing cells empty with n = 0) and Markdown ("mean ± sd (n seeds)", the paper's
-    value and the difference beside each cell). `selection` is the selection note printed under it."""
-    out = df.copy()
-    for c in out.columns:
-        if c.endswith("_n"):
-            out[c] = pd.array([None if _isnan(v) else int(v) for v in out[c]], dtype="Int64")
-    with atomic_path(csv_path) as tmp:
-        out.to_csv(tmp, index=False)
-    header, rows = table_cells(df)
-    lines = [f"# {title}", ""] + markdown_table(header, rows)
-    lines += ["", "Accuracies in %: mean ± sd over seeds (number of seeds); \"missing\" = no run of that cell; "
-              "paper = the published value (SPEC §9); Δ = reproduction − paper, in percentage points."]
-    if "source" in df.columns and (df["source"] == "quoted from paper").any():
-        lines.append("Rows with source \"quoted from paper\" are other systems' numbers as the paper quotes them; "
-                     "they were not rerun here.")
-    if selection:
-        lines += ["", selection]
-    write_text(md_path, "\n".join(lines) + "\n")
+def table2_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
+    return _result_doc(data, ctx, f"Table 2: accuracy (%) at T = {ctx.config['report']['table2_temperature']:g}")
 
 
+def table3_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
+    return _result_doc(data, ctx, "Table 3: comparison on the test set (fold1_evaluate)")
+
+
+def render_tables(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:
+    cfg, paper = ctx.config["report"], ctx.config["paper"]
+    write_json(out["summary"], summary_metrics(ctx.runs))
+    return {"table2": make_table2(ctx.runs, temperature=cfg["table2_temperature"], paper_table2=paper["table2"]),
+            "table3": make_table3(ctx.runs, rows=cfg["table3_rows"], quoted=paper["table3_quoted"],
+                                  paper_ours=paper["table3_ours"])}
+
+
+# ---------------------------------------------------------------- Fig. 3
 def fig3_data(runs: pd.DataFrame, *, loss: str) -> pd.DataFrame:
     sel = runs[runs["loss"] == loss]
     rows = []
@@ -202,19 +137,13 @@ def fig3_data(runs: pd.DataFrame, *, loss: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["correction", "temperature", "metric", "mean", "sd", "n"])
 
 
-def plot_fig3(runs, out_png, out_csv, *, out_pdf=None, loss: str, paper_best: dict | None = None,
+def plot_fig3(data: pd.DataFrame, out_png, *, out_pdf=None, loss: str, paper_best: dict | None = None,
               paper_best_label: str = "paper best") -> None:
-    """Accuracy against T per correction, mean ± sd band over seeds. `paper_best` (SPEC §9, %) holds
-    `temperature`, `avg_bc` and `dev_a` of the paper's best row, drawn as a star."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Accuracy against T per correction (fig3_data), mean ± sd band over seeds. `paper_best` (SPEC §9, %)
+    holds `temperature`, `avg_bc` and `dev_a` of the paper's best row, drawn as a star."""
     import seaborn as sns
 
-    data = fig3_data(runs, loss=loss)
-    with atomic_path(out_csv) as tmp:
-        data.to_csv(tmp, index=False)
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     palette = dict(zip(LABELS.values(), sns.color_palette("colorblind", 3)))
     for ax, name in zip(axes, ("Avg.BC", "Dev.A")):
@@ -237,27 +166,42 @@ def plot_fig3(runs, out_png, out_csv, *, out_pdf=None, loss: str, paper_best: di
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+    save_figure(fig, out_png, dpi=120)
     if out_pdf:
-        with atomic_path(out_pdf) as tmp:
-            fig.savefig(tmp, format="pdf")
+        save_figure(fig, out_pdf, format="pdf")
     plt.close(fig)
 
 
+def paper_best(report_cfg: Mapping, paper: Mapping) -> tuple[dict | None, str]:
+    """The paper's best row of Table 3 (highest Avg.BC among the configured rows) for Fig. 3's star."""
+    rows = [r for r in report_cfg["table3_rows"] if r["name"] in paper.get("table3_ours", {})
+            and r["loss"] == report_cfg["fig3_loss"]]
+    if not rows:
+        return None, ""
+    best = max(rows, key=lambda r: paper["table3_ours"][r["name"]]["avg_bc"])
+    values = dict(paper["table3_ours"][best["name"]], temperature=float(best["temperature"]))
+    return values, f"paper best ({best['name']})"
+
+
+def render_fig3(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:
+    cfg = ctx.config["report"]
+    data = fig3_data(ctx.runs, loss=cfg["fig3_loss"])
+    best, label = paper_best(cfg, ctx.config["paper"])
+    plot_fig3(data, out["fig3"], out_pdf=out.get("fig3_pdf"), loss=cfg["fig3_loss"], paper_best=best,
+              paper_best_label=label)
+    return {"fig3_csv": data}
+
+
+# ---------------------------------------------------------------- Fig. 2
 def _pca_fit(x: np.ndarray):
     mean = x.mean(axis=0)
     _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
     return mean, vt[:2].T
 
 
-def plot_fig2(embedding_files: dict, out_png, *, class_names) -> None:
+def plot_fig2(embedding_files: Mapping[float, str | None], out_png, *, class_names) -> None:
     """PCA (fitted on each T's train embeddings) of GAP outputs: row 1 test, row 2 train, per T."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     temps = list(embedding_files)
     fig, axes = plt.subplots(2, max(len(temps), 1), figsize=(3.2 * max(len(temps), 1), 6.2), squeeze=False)
     colors = plt.get_cmap("tab10")
@@ -284,11 +228,16 @@ def plot_fig2(embedding_files: dict, out_png, *, class_names) -> None:
         fig.legend(handles, labs, loc="lower center", ncol=5, fontsize=7, markerscale=3)
     fig.suptitle("GAP embeddings, PCA fitted on the train embeddings of each T")
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    save_figure(fig, out_png, dpi=110)
     plt.close(fig)
 
 
+def render_fig2(ctx: RenderContext, out: Mapping[str, str]) -> None:
+    files = {float(t): ctx.fig2_embeddings.get(float(t)) for t in ctx.config["report"]["fig2_temperatures"]}
+    plot_fig2(files, out["fig2"], class_names=class_names())
+
+
+# ---------------------------------------------------------------- summary for `dvc metrics show`
 def summary_metrics(runs: pd.DataFrame) -> dict:
     """The summary `dvc metrics show` prints, per correction and loss (accuracies as fractions, mean over
     seeds): Dev.A and Avg.BC at the lowest T that ran, and the T with the best mean Avg.BC."""

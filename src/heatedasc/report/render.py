@@ -1,0 +1,90 @@
+"""Rendering artefacts of the registry: one artefact (the Snakemake rules, through
+workflow/scripts/report_artefact.py) or all of them from whatever runs exist (`heatedasc report`).
+Both build a RenderContext and call render_artefact, so both write the same files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from heatedasc.fileio import atomic_path, write_text
+from heatedasc.report.registry import FIG2_INPUT_PREFIX, REGISTRY, Artefact, Registry
+from heatedasc.report.runs import discover_runs, fig2_embeddings, load_runs
+
+
+@dataclass
+class RenderContext:
+    """What a renderer reads: the config (the artefact's part of it in a Snakemake job, all of it in
+    `heatedasc report`), the runs, and the files of other stages and artefacts."""
+
+    config: Mapping
+    registry: Registry = REGISTRY
+    runs: pd.DataFrame | None = None
+    fig2_embeddings: Mapping[float, str | None] = field(default_factory=dict)  # T -> embeddings.npz
+    provenance_files: Sequence[str] = ()  # every run's provenance.json (present or not)
+    artefacts: Mapping[str, str] = field(default_factory=dict)  # output key -> path, for the page
+    origin: str = ""  # who rendered: printed on the page
+
+    @property
+    def caveat(self) -> str:
+        """`report.caveat`: one line every result table and the page print (e.g. that demo runs cannot
+        test the paper's claims); empty for none."""
+        return str(self.config.get("report", {}).get("caveat") or "")
+
+
+def render_artefact(artefact: Artefact, ctx: RenderContext, out: Mapping[str, str]) -> None:
+    """Run the artefact's renderer, write the tables it returns as CSV and their Markdown documents."""
+    absent = [k for k in artefact.outputs if k not in out]
+    if absent:
+        raise ValueError(f"{artefact.name}: no path given for output(s) {', '.join(absent)}")
+    tables = artefact.render(ctx, out) or {}
+    for key, frame in tables.items():
+        if key not in artefact.outputs:
+            raise ValueError(f"{artefact.name}: the renderer returned table {key!r}, which the registry does not "
+                             f"declare (outputs: {', '.join(artefact.outputs)})")
+        with atomic_path(out[key]) as tmp:
+            frame.to_csv(tmp, index=False)
+    for table in artefact.tables:
+        write_text(out[table.markdown], table.document_from(out[table.csv], ctx).markdown())
+    unwritten = [out[k] for k in artefact.outputs if not Path(out[k]).is_file()]
+    if unwritten:
+        raise ValueError(f"{artefact.name}: the renderer did not write {', '.join(unwritten)}")
+
+
+def render_all(results_dir: str | os.PathLike, config: Mapping, *, registry: Registry = REGISTRY) -> dict[str, str]:
+    """Every artefact from the runs found under `results_dir`; returns output key -> path written."""
+    results = Path(results_dir)
+    runs = load_runs(discover_runs(results))
+    paths = registry.paths(results)
+    ctx = RenderContext(
+        config=config, registry=registry, runs=runs, fig2_embeddings=fig2_embeddings(runs, config["report"]),
+        provenance_files=[str(Path(d) / "provenance.json") for d in runs["run_dir"]], artefacts=paths,
+        origin=f"`heatedasc report` from the {len(runs)} run(s) found under {results / 'runs'}")
+    for artefact in registry.render_order():
+        render_artefact(artefact, ctx, {k: paths[k] for k in artefact.outputs})
+    return {k: paths[k] for k in registry.outputs()}
+
+
+def _as_list(value) -> list[str]:
+    return [value] if isinstance(value, (str, os.PathLike)) else [str(v) for v in value]
+
+
+def render_job(name: str, *, inputs: Mapping, outputs: Mapping[str, str], config: Mapping, origin: str,
+               registry: Registry = REGISTRY) -> None:
+    """One artefact from a Snakemake job's named inputs (as Registry.rule_inputs names them), outputs and
+    params (`config`: the artefact's part of the configuration)."""
+    artefact = registry[name]
+    runs = load_runs(_as_list(inputs["metrics"])) if "metrics" in artefact.needs else None
+    embeddings = {float(k[len(FIG2_INPUT_PREFIX):]): str(v) for k, v in inputs.items()
+                  if k.startswith(FIG2_INPUT_PREFIX)}
+    shown = set(registry.target_keys())
+    artefacts = {k: str(v) for k, v in inputs.items() if k in shown}
+    artefacts.update(outputs)
+    ctx = RenderContext(config=config, registry=registry, runs=runs, fig2_embeddings=embeddings,
+                        provenance_files=_as_list(inputs.get("run_provenance", [])), artefacts=artefacts,
+                        origin=origin)
+    render_artefact(artefact, ctx, outputs)

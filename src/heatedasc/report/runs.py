@@ -1,0 +1,109 @@
+"""The training runs a report reads: finding them, their metrics, predictions and embeddings, and
+selecting the runs (one per seed) of a (correction, T, loss) cell."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+RUN_GLOB = "runs/*/T*/*/seed*/metrics.json"
+RUN_KEYS = ("correction", "temperature", "loss", "seed", "acc_a", "acc_b", "acc_c", "avg_bc",
+            "params_trainable", "params_keras", "best_epoch", "selection")
+LABELS = {"ref_abc": "Ref.ABC", "ref_bc": "Ref.BC", "none": "NoCorrection"}
+METRICS = {"Dev.A": "acc_a", "Dev.B": "acc_b", "Dev.C": "acc_c", "Avg.BC": "avg_bc"}
+DEVICES = ("a", "b", "c")
+
+
+def class_names() -> list[str]:
+    from heatedasc.tau import SCENES
+
+    return list(SCENES)
+
+
+def discover_runs(results_dir: str | os.PathLike = "results") -> list[Path]:
+    """Every metrics.json of a finished run under `results_dir` (runs/<correction>/T<T>/<loss>/seed<seed>/)."""
+    found = sorted(Path(results_dir).glob(RUN_GLOB))
+    if not found:
+        raise ValueError(f"no training runs found under {Path(results_dir) / 'runs'} (looked for {RUN_GLOB}); "
+                         "the report needs at least one finished run — run `snakemake train_all` first")
+    return found
+
+
+def load_runs(metrics_paths) -> pd.DataFrame:
+    """One row per run; accuracies stay fractions here and become % in the tables."""
+    paths = list(metrics_paths)
+    if not paths:
+        raise ValueError("no training runs found: the report needs at least one results/runs/.../metrics.json")
+    rows = []
+    for p in paths:
+        try:
+            m = json.loads(Path(p).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{p}: unreadable metrics file ({exc})") from exc
+        missing = [k for k in RUN_KEYS if k not in m]
+        if missing:
+            raise ValueError(f"{p}: metrics file lacks key(s) {', '.join(missing)}")
+        row = {k: m[k] for k in RUN_KEYS}
+        row.update(temperature=float(m["temperature"]), seed=int(m["seed"]), acc_overall=m.get("acc_overall"),
+                   ece=m.get("ece"), selection_note=m.get("selection_note"), confusion=m.get("confusion"),
+                   class_acc=m.get("class_acc"), path=str(p), run_dir=str(Path(p).parent))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def select_cell(runs: pd.DataFrame, *, correction: str, temperature, loss: str) -> pd.DataFrame:
+    """The runs (one per seed) of one (correction, T, loss) cell; empty if none has run."""
+    return runs[(runs["correction"] == correction) & (runs["loss"] == loss)
+                & np.isclose(runs["temperature"].astype(float), float(temperature))]
+
+
+def load_predictions(run_dir) -> dict | None:
+    """probs = softmax(z/T) and labels of one run's test set (predictions.npz); None if the file is absent."""
+    f = Path(run_dir) / "predictions.npz"
+    if not f.is_file():
+        return None
+    with np.load(f) as d:
+        return {"probs": d["probs"].astype(np.float64), "labels": d["labels"].astype(np.int64),
+                "devices": d["devices"].astype(str)}
+
+
+def fig2_embeddings(runs: pd.DataFrame, report_cfg: Mapping) -> dict[float, str | None]:
+    """Embeddings of the Fig. 2 runs among `runs`, per configured T (None where that T has not run)."""
+    files = {}
+    for t in report_cfg["fig2_temperatures"]:
+        cell = select_cell(runs, correction=report_cfg["fig2_correction"], temperature=t, loss=report_cfg["fig2_loss"])
+        cell = cell[cell["seed"].astype(int) == int(report_cfg["fig2_seed"])]
+        f = Path(cell["run_dir"].iloc[0]) / "embeddings.npz" if len(cell) else None
+        files[float(t)] = str(f) if f is not None and f.is_file() else None
+    return files
+
+
+def grid_axes(config: Mapping, runs: pd.DataFrame | None = None) -> dict:
+    """The configured sweep axes, widened by whatever runs exist (so nothing that ran is hidden)."""
+    sweep = {k: list(config["sweep"][k]) for k in ("correction", "temperature", "loss")}
+    if runs is not None:
+        for k in sweep:
+            extra = [v for v in sorted(set(runs[k])) if v not in sweep[k]
+                     and not (k == "temperature" and any(float(v) == float(t) for t in sweep[k]))]
+            sweep[k] += extra
+    return sweep
+
+
+def selection_note(runs: pd.DataFrame) -> str:
+    """One paragraph on how the epochs were chosen; says so loudly when the test set chose them."""
+    selections = sorted(set(runs["selection"].astype(str)))
+    notes = sorted({str(n) for n in runs["selection_note"].dropna()}) if "selection_note" in runs else []
+    head = f"Model selection: train.selection={', '.join(selections)}"
+    if len(selections) > 1:
+        head += " (mixed across runs)"
+    if "test" in selections:
+        head += ". The paper's `test` selection leaks the test set"
+        if not notes:
+            head += (": fold1_evaluate chose the epoch (and drove the learning-rate schedule), so the accuracies "
+                     "are optimistic")
+    return head + "." + "".join(" " + n for n in notes)

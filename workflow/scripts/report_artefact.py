@@ -1,0 +1,13 @@
+"""Snakemake adapter of every report rule: renders the registered artefact named by params.artefact."""
+
+from heatedasc.logutil import job_logging
+from heatedasc.provenance import record_job
+from heatedasc.report import render_job
+
+name = snakemake.params.artefact
+with job_logging(snakemake.log[0], f"heatedasc.{name}") as log:
+    outputs = {k: v for k, v in snakemake.output.items() if k != "provenance"}
+    render_job(name, inputs=dict(snakemake.input.items()), outputs=outputs, config=snakemake.params.config,
+               origin=f"the Snakemake rule {name}")
+    record_job(snakemake, name)
+    log.info("%s: wrote %s", name, ", ".join(outputs.values()))
