@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test pull touch clean-results
+.PHONY: setup demo test pull clean-results
 
 setup: $(STAMP)
 
@@ -32,19 +32,10 @@ test: setup
 	 else echo "make test: not root, SLURM and Chromium are not installed here; their tests skip if absent"; fi
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
-# DVC restores pulled/checked-out files with fresh mtimes in no particular order; Snakemake's mtime
-# trigger would take that for edits and rebuild the DAG. Once `dvc status` is clean (every file matches
-# dvc.lock), mark the whole DAG up to date in DAG order (this also records Snakemake's params/code
-# metadata) for the config files `dvc repro` uses.
+# Results from a DVC remote. Nothing else to run afterwards: Snakemake decides reruns by content
+# (heatedasc.recipes), so the fresh file dates of restored files rerun nothing.
 pull: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc pull
-	$(MAKE) --no-print-directory touch
-
-touch: setup
-	@test "$$(PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc status --json)" = "{}" || \
-	 { echo "make touch: dvc status is not clean; run dvc repro instead"; exit 1; }
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --touch --forceall --cores 1 --quiet \
-	  --configfile $$($(BIN)/python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['pipeline']['configfiles'])")
 
 clean-results:
 	rm -rf results/prepared results/coefficients results/features results/runs results/tables results/figures results/metrics.json logs .snakemake

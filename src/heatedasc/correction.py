@@ -232,11 +232,9 @@ def plot_coefficients(
     paths: Sequence[str | os.PathLike], out_png: str | os.PathLike, *, default_sample_rate: int = 44100
 ) -> None:
     """20·log10 c_d(f) per device against frequency, one panel per correction file."""
-    import matplotlib
+    from heatedasc.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     paths = list(paths)
     if not paths:
         raise ValueError("plot_coefficients needs at least one coefficient file")
@@ -255,6 +253,5 @@ def plot_coefficients(
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("correction 20·log10 c_d [dB]")
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=120)
+    save_figure(fig, out_png, dpi=120)
     plt.close(fig)

@@ -20,7 +20,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from heatedasc.audio import read_audio, to_mono_fixed, wav_data_extent, write_wav
-from heatedasc.fileio import atomic_path, chmod_default, sha256_file, write_json
+from heatedasc.fileio import atomic_path, chmod_default, replace_dir, sha256_file, write_json
 from heatedasc.tau import DEVICES, MANIFEST_COLUMNS, SPLITS, DatasetError, load_tau, summarize
 
 MANIFEST_OUTPUT_COLUMNS = MANIFEST_COLUMNS + ("raw_sha256",)  # the manifest is the TAU table + raw hashes
@@ -67,23 +67,6 @@ def _check_files(
             raise DatasetError(f"{path}: {problem} (set data.on_truncated: warn to zero-pad such files instead)")
         truncated[name] = {"problem": problem, "frames": int(info.frames), "seconds": seconds}
     return truncated
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move ``staging`` onto ``target``, replacing an existing folder."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.rmdir(old)
-        os.replace(target, old)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare_dataset(
@@ -200,7 +183,7 @@ def prepare_dataset(
             summarize(table).to_csv(summary_tmp, index=False)
             report_tmp = outputs.enter_context(atomic_path(report_out))
             write_json(report_tmp, report)
-            _replace_dir(staging, audio_out_dir)
+            replace_dir(staging, audio_out_dir)
         log.info("prepared %d files (%s)", len(df), "; ".join(
             f"{split}: " + ", ".join(f"{d} {n}" for d, n in counts.items()) for split, counts in per_split_device.items()))
         for key, names in changed.items():

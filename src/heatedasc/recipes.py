@@ -167,7 +167,7 @@ class RecipeBook:
             for rule in self.workflow.rules:
                 if rule.output and not getattr(rule, "norun", False) and rule.name != "recipe_changed" \
                         and rule.is_producer(path):
-                    found = (rule.name, tuple(sorted(rule.get_wildcards(path).items())))
+                    found = (rule.name, tuple(rule.get_wildcards(path).items()))
                     break
             self._producers[path] = found
         return self._producers[path]
@@ -197,7 +197,7 @@ class RecipeBook:
             producer = self._producer(path)
             if producer is None:
                 sources[self._rel(path)] = content_digest(path)
-            elif producer[0] != name or dict(producer[1]) != wildcards:
+            elif producer[0] != name or dict(producer[1]) != wildcards:  # (a rule never consumes itself)
                 upstream[job_key(producer[0], dict(producer[1]))] = self.fingerprint(producer[0], dict(producer[1]))
         script = self._script(rule)
         recipe = {

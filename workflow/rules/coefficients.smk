@@ -6,8 +6,8 @@
 rule mean_spectra:
     input:
         recipe=recipe_token("mean_spectra"),
-        manifest=path("manifest"),
-        audio=path("prepared_audio"),
+        manifest=dep(path("manifest")),
+        audio=dep(path("prepared_audio")),
     output:
         out=path("mean_spectra"),
         provenance=path("mean_spectra_prov"),
@@ -32,7 +32,7 @@ rule mean_spectra:
 rule coefficients:
     input:
         recipe=recipe_token("coefficients"),
-        spectra=path("mean_spectra"),
+        spectra=dep(path("mean_spectra")),
     output:
         out=path("coefficients"),
         provenance=path("coefficients_prov"),
@@ -56,7 +56,7 @@ rule coefficients:
 rule coefficient_plot:
     input:
         recipe=recipe_token("coefficient_plot"),
-        coefficients=expand(path("coefficients"), correction=SWEEP["correction"]),
+        coefficients=dep(expand(path("coefficients"), correction=SWEEP["correction"])),
     output:
         out=path("coefficient_plot"),
         provenance=path("coefficient_plot_prov"),

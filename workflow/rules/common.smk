@@ -8,7 +8,6 @@ from snakemake_interface_executor_plugins.settings import ExecMode
 from heatedasc.recipes import TOKEN_DIR, RecipeBook, recipe_param, token_input
 from heatedasc.report.registry import REGISTRY as REPORT
 
-SRC = os.path.join(workflow.basedir, "src", "heatedasc")
 DATA_ROOT = config["data"]["root"]
 SWEEP = config["sweep"]
 
@@ -77,11 +76,6 @@ def recipe(rule_name):
     return recipe_param(lambda: RECIPES, rule_name)
 
 
-def src_files(*modules):
-    """Library modules a rule's results depend on (so an edit reruns it)."""
-    return [os.path.join(SRC, f"{m}.py") for m in modules]
-
-
 def format_temperature(t):
     """1.0 -> '1', 2.5 -> '2.5': the T{temperature} path component."""
     t = float(t)
@@ -123,9 +117,18 @@ def report_outputs():
     return [path(key) for key in REPORT.target_keys()]
 
 
-def raw_input(p):
-    # Real raw data is versioned by DVC (content hashes); a checkout's fresh mtime must not rerun the DAG.
-    return p if config["synth"]["enabled"] else ancient(p)
+def dep(item):
+    """An input whose file dates never trigger a rerun (paths, lists and dicts of them).
+
+    Snakemake compares modification times unconditionally; DVC restores files with fresh ones in any order.
+    Content decides instead: each rule's `recipe=` token (heatedasc.recipes) reruns a job whose recipe or
+    outputs changed, and a job whose inputs are missing or being remade still runs as usual.
+    """
+    if isinstance(item, str):
+        return ancient(item)
+    if isinstance(item, dict):
+        return {k: dep(v) for k, v in item.items()}
+    return [dep(i) for i in item]
 
 
 def fig2_embeddings(wildcards=None):

@@ -27,9 +27,9 @@ if config["synth"]["enabled"]:
 rule prepare:
     input:
         recipe=recipe_token("prepare"),
-        meta=raw_input(path("meta")),
-        folds=[raw_input(p) for p in expand(path("fold"), fold=["train", "evaluate", "test"])],
-        audio=raw_input(path("raw_audio")),
+        meta=dep(path("meta")),
+        folds=dep(expand(path("fold"), fold=["train", "evaluate", "test"])),
+        audio=dep(path("raw_audio")),
     output:
         audio=directory(path("prepared_audio")),
         manifest=path("manifest"),

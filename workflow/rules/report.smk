@@ -3,26 +3,23 @@
 # params all come from there, and every rule runs the same adapter, which renders the artefact named
 # by params.artefact with the same code as `heatedasc report`.
 
-import glob
-
-# Any edit of the report package reruns the report rules.
-REPORT_CODE = sorted(glob.glob(os.path.join(SRC, "report", "*.py")))
-
-
 for _artefact in REPORT:
 
     rule:
         name:
             _artefact.name
         input:
-            **REPORT.rule_inputs(
-                _artefact, run_files=all_run_files, fig2_embeddings=fig2_embeddings(), path=path
+            recipe=recipe_token(_artefact.name),
+            **dep(
+                REPORT.rule_inputs(
+                    _artefact, run_files=all_run_files, fig2_embeddings=fig2_embeddings(), path=path
+                )
             ),
-            code=REPORT_CODE,
         output:
-            **{key: path(key) for key in _artefact.outputs},
+            **{key: directory(path(key)) if key in _artefact.folders else path(key) for key in _artefact.outputs},
             provenance=path(f"{_artefact.name}_prov"),
         params:
+            recipe=recipe(_artefact.name),
             artefact=_artefact.name,
             config=_artefact.params(config),
         log:

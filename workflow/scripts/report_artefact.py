@@ -7,7 +7,8 @@ from heatedasc.report import render_job
 name = snakemake.params.artefact
 with job_logging(snakemake.log[0], f"heatedasc.{name}") as log:
     outputs = {k: v for k, v in snakemake.output.items() if k != "provenance"}
-    render_job(name, inputs=dict(snakemake.input.items()), outputs=outputs, config=snakemake.params.config,
+    inputs = {k: v for k, v in snakemake.input.items() if k != "recipe"}  # the rerun token is bookkeeping
+    render_job(name, inputs=inputs, outputs=outputs, config=snakemake.params.config,
                origin=f"the Snakemake rule {name}")
     record_job(snakemake, name)
     log.info("%s: wrote %s", name, ", ".join(outputs.values()))

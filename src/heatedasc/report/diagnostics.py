@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 import pandas as pd
 
-from heatedasc.report.plotting import pyplot, save_figure
+from heatedasc.plotting import pyplot, save_figure
+from heatedasc.metrics import ECE_BINS, ece_from_bins, reliability_bins
 from heatedasc.report.runs import (DEVICES, LABELS, METRICS, class_names, grid_axes, load_predictions,
                                    select_cell)
 from heatedasc.report.tables import TableDoc, isnan, text
@@ -18,30 +19,14 @@ from heatedasc.report.tables import TableDoc, isnan, text
 if TYPE_CHECKING:
     from heatedasc.report.render import RenderContext
 
-ECE_BINS = 15  # moves to heatedasc.metrics (the same equal-width bins as metrics.json `ece`)
 MIN_PAIRS = 3  # fewer seeds paired than this: no verdict (t_{0.975,1} = 12.7 makes any interval meaningless)
 
 
 # ---------------------------------------------------------------- calibration
-# moves to heatedasc.metrics
 def reliability(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> tuple[pd.DataFrame, float]:
-    """Per equal-width confidence bin (lo, hi] of the top class: count, accuracy and mean confidence; and
-    the expected calibration error Σ_b |B|/N · |acc(B) − conf(B)| (the definition of metrics.json `ece`)."""
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    rows = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (conf > lo) & (conf <= hi)
-        n = int(sel.sum())
-        rows.append({"lo": lo, "hi": hi, "count": n, "accuracy": float(correct[sel].mean()) if n else np.nan,
-                     "confidence": float(conf[sel].mean()) if n else np.nan})
-    bins = pd.DataFrame(rows)
-    total = bins["count"].sum()
-    if total == 0:
-        return bins, float("nan")
-    used = bins[bins["count"] > 0]
-    return bins, float((used["count"] / total * (used["accuracy"] - used["confidence"]).abs()).sum())
+    """The reliability bins and the ECE of metrics.json `ece` (heatedasc.metrics: one definition)."""
+    bins = reliability_bins(probs, labels, n_bins)
+    return bins, ece_from_bins(bins)
 
 
 def _run_ece(row) -> float:

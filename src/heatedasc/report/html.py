@@ -1,12 +1,11 @@
 """One self-contained HTML page: every registered table (rendered from its CSV, the same cells as its
 Markdown file), every figure (embedded as base64 PNG so the file is portable), the selection note, the
-effective configuration and a lineage summary of the training runs (git commit, SLURM job,
-feature-cache hashes). The page is one Jinja2 template filled from data."""
+effective configuration and a lineage summary of the training runs (recipe fingerprint, code, feature-cache
+hashes; nothing that changes when an identical run is repeated). The page is one Jinja2 template filled from data."""
 
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping
@@ -24,8 +23,12 @@ th{background:#f0f0f0}tr:nth-child(even){background:#fafafa}img{max-width:100%;b
 pre{background:#f6f6f6;padding:0.8em;overflow-x:auto;font-size:0.8em}code{font-size:0.9em}
 .missing{color:#b22222}"""
 
-LINEAGE_HEAD = ("run (correction/T/loss/seed)", "created", "git commit", "SLURM job", "host",
+LINEAGE_HEAD = ("run (correction/T/loss/seed)", "recipe fingerprint", "library sha256", "torch",
                 "train cache sha256", "evaluate cache sha256", "stats sha256", "coefficients sha256")
+# The page is a tracked output: it holds only what an identical rerun reproduces. When and where each run
+# ran (time, host, GPU, SLURM job, git commit) is in logs/provenance/, read by `heatedasc lineage`.
+WHEN_WHERE = ("When and where each run ran (time, host, GPU, SLURM job, git commit) is kept beside the logs on "
+              "the machine that ran it: <code>heatedasc lineage results/runs/&lt;run&gt;/metrics.json</code>.")
 
 TEMPLATE = """\
 {%- macro table(t) -%}
@@ -38,7 +41,7 @@ TEMPLATE = """\
 <style>{{ css }}</style></head><body>
 <h1>Acoustic scene classification for mismatched devices: heated-up softmax and spectrum correction \
 — reproduction report</h1>
-<p>Generated {{ now }} by {{ origin }}; {{ n_runs }} training run(s).</p>
+<p>Made by {{ origin }}; {{ n_runs }} training run(s).</p>
 {% if caveat %}<section id="caveat"><div class="warn"><p>{{ caveat }}</p></div></section>
 {% endif -%}
 <section id="selection"><h2>Model selection</h2><div class="warn"><p>{{ selection }}</p></div></section>
@@ -70,7 +73,7 @@ no provenance record</td></tr>
 {% else %}<tr>{% for c in r.cells %}<td><code>{{ c }}</code></td>{% endfor %}</tr>
 {% endif %}{% endfor -%}
 </tbody></table><p>Hashes shortened to 12 hex digits; full values in each run's provenance.json. \
-<code>heatedasc lineage &lt;file&gt;</code> audits them against the disk.</p>
+<code>heatedasc lineage &lt;file&gt;</code> audits them against the disk. {{ when_where }}</p>
 {%- else %}<p>No run provenance records.</p>{% endif %}</section>
 <section id="config"><h2>Effective configuration</h2><pre>{{ config_yaml }}</pre></section></body></html>
 """
@@ -81,7 +84,7 @@ def embed_png(path) -> str:
 
 
 def lineage_rows(provenance_files: Iterable) -> list[dict]:
-    """One row per run provenance record: the run, git commit, SLURM job, host and input hashes."""
+    """One row per run provenance record: the run, its recipe fingerprint, code and torch versions, input hashes."""
     rows = []
     for f in provenance_files:
         f = Path(f)
@@ -90,7 +93,7 @@ def lineage_rows(provenance_files: Iterable) -> list[dict]:
             continue
         rec = json.loads(f.read_text())
         wc = rec.get("wildcards", {})
-        code, slurm = rec.get("code", {}), rec.get("slurm") or {}
+        code = rec.get("code", {})
 
         def first_hash(key):
             hashes = rec.get("inputs", {}).get(key, {})
@@ -99,11 +102,9 @@ def lineage_rows(provenance_files: Iterable) -> list[dict]:
         rows.append({
             "record": str(f),
             "run": "/".join(str(wc.get(k, "?")) for k in ("correction", "temperature", "loss", "seed")),
-            "created": rec.get("created"),
-            "git_commit": code.get("git_commit"),
-            "git_dirty": code.get("git_dirty"),
-            "slurm_job_id": slurm.get("slurm_job_id"),
-            "host": rec.get("host", {}).get("hostname"),
+            "fingerprint": rec.get("fingerprint"),
+            "library": code.get("package_sha256"),
+            "torch": rec.get("packages", {}).get("torch"),
             "train_cache": first_hash("train"),
             "evaluate_cache": first_hash("evaluate"),
             "stats": first_hash("stats"),
@@ -114,10 +115,8 @@ def lineage_rows(provenance_files: Iterable) -> list[dict]:
 
 def _lineage_cells(row: Mapping) -> list[str]:
     short = lambda h: "–" if not h else str(h)[:12]  # noqa: E731
-    commit = short(row["git_commit"]) + (" (dirty)" if row["git_dirty"] else "")
-    return [row["run"], str(row["created"] or "–"), commit, str(row["slurm_job_id"] or "–"),
-            str(row["host"] or "–"), short(row["train_cache"]), short(row["evaluate_cache"]), short(row["stats"]),
-            short(row["coefficients"])]
+    return [row["run"], short(row["fingerprint"]), short(row["library"]), str(row["torch"] or "–"),
+            short(row["train_cache"]), short(row["evaluate_cache"]), short(row["stats"]), short(row["coefficients"])]
 
 
 def _relative(path: Path, base: Path) -> str:
@@ -165,7 +164,7 @@ def render_page(ctx: RenderContext, out: Mapping[str, str]) -> None:
                else {"missing": False, "cells": _lineage_cells(r)} for r in lineage_rows(ctx.provenance_files)]
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.from_string(TEMPLATE).render(
-        css=markupsafe.Markup(CSS), now=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        css=markupsafe.Markup(CSS), when_where=markupsafe.Markup(WHEN_WHERE),
         origin=ctx.origin, n_runs=len(ctx.runs), caveat=ctx.caveat, selection=selection_note(ctx.runs),
         tables=tables, figures=figure_sections, links=links, lineage=lineage, lineage_head=LINEAGE_HEAD,
         config_yaml=yaml.safe_dump(json.loads(json.dumps(dict(ctx.config), default=str)), sort_keys=False))

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 import pandas as pd
 
-from heatedasc.fileio import write_json
-from heatedasc.report.plotting import pyplot, save_figure
+from heatedasc.fileio import atomic_dir, write_json
+from heatedasc.plotting import pyplot, save_figure
 from heatedasc.report.runs import LABELS, METRICS, class_names, select_cell, selection_note
 from heatedasc.report.tables import (TableDoc, format_cell, format_plain, format_published, integer_counts,
                                      isnan)
@@ -120,6 +120,9 @@ def table3_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
 def render_tables(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:
     cfg, paper = ctx.config["report"], ctx.config["paper"]
     write_json(out["summary"], summary_metrics(ctx.runs))
+    with atomic_dir(out["dvc_metrics"]) as folder:
+        for correction, row in dvc_metrics(ctx.runs, temperature=cfg["table2_temperature"]).items():
+            write_json(folder / f"{correction}.json", row)
     return {"table2": make_table2(ctx.runs, temperature=cfg["table2_temperature"], paper_table2=paper["table2"]),
             "table3": make_table3(ctx.runs, rows=cfg["table3_rows"], quoted=paper["table3_quoted"],
                                   paper_ours=paper["table3_ours"])}
@@ -237,7 +240,28 @@ def render_fig2(ctx: RenderContext, out: Mapping[str, str]) -> None:
     plot_fig2(files, out["fig2"], class_names=class_names())
 
 
-# ---------------------------------------------------------------- summary for `dvc metrics show`
+# ---------------------------------------------------------------- summaries
+def dvc_metrics(runs: pd.DataFrame, *, temperature: float) -> dict[str, dict]:
+    """What `dvc metrics show` prints: one row per correction (results/metrics/<correction>.json), flat keys,
+    accuracies in % (mean over seeds, 2 decimals): Dev.A and Avg.BC per loss at Table 2's T, and per loss
+    the T with the best mean Avg.BC and that Avg.BC."""
+    out: dict[str, dict] = {}
+    for corr, g in runs.groupby("correction", sort=False):
+        row: dict = {}
+        for loss, gl in g.groupby("loss"):
+            at = gl[np.isclose(gl["temperature"].astype(float), float(temperature))]
+            if len(at):
+                row[f"dev_a_{loss}_T{temperature:g}"] = round(100.0 * float(at["acc_a"].mean()), 2)
+                row[f"avg_bc_{loss}_T{temperature:g}"] = round(100.0 * float(at["avg_bc"].mean()), 2)
+            by_t = gl.groupby("temperature")["avg_bc"].mean()
+            if by_t.notna().any():
+                row[f"best_T_{loss}"] = float(by_t.idxmax())
+                row[f"best_avg_bc_{loss}"] = round(100.0 * float(by_t.max()), 2)
+        row["runs"] = int(len(g))
+        out[str(corr)] = row
+    return out
+
+
 def summary_metrics(runs: pd.DataFrame) -> dict:
     """The summary `dvc metrics show` prints, per correction and loss (accuracies as fractions, mean over
     seeds): Dev.A and Avg.BC at the lowest T that ran, and the T with the best mean Avg.BC."""

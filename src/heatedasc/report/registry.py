@@ -75,6 +75,7 @@ class Artefact:
     config: tuple[str, ...] = ("report",)  # dotted config keys the rule passes as params; "*" = all of it
     tables: tuple[Table, ...] = ()
     figures: tuple[Figure, ...] = ()
+    folders: frozenset[str] = frozenset()  # output keys that are folders (written whole, replaced at once)
 
     def params(self, config: Mapping) -> dict:
         """The part of `config` this artefact reads."""
@@ -186,7 +187,7 @@ class Registry:
                     raise ValueError(f"{where}: {rel} is also written by {seen_paths[rel]!r}")
                 seen_keys[key], seen_paths[rel] = a.name, a.name
             shown = [t.csv for t in a.tables] + [t.markdown for t in a.tables] + [f.key for f in a.figures]
-            undeclared = [k for k in shown if k not in a.outputs]
+            undeclared = [k for k in shown if k not in a.outputs] + [k for k in a.folders if k not in a.outputs]
             if undeclared:
                 raise ValueError(f"{where}: shows {', '.join(undeclared)}, which are not among its outputs")
         for f in self.upstream_figures:
@@ -202,9 +203,11 @@ REGISTRY = Registry(
         Artefact(
             name="tables",
             outputs={"table2": "tables/table2.csv", "table2_md": "tables/table2.md",
-                     "table3": "tables/table3.csv", "table3_md": "tables/table3.md", "summary": "metrics.json"},
+                     "table3": "tables/table3.csv", "table3_md": "tables/table3.md", "summary": "metrics.json",
+                     "dvc_metrics": "metrics"},
             provenance="tables/provenance.json",
             render=paper.render_tables,
+            folders=frozenset({"dvc_metrics"}),
             config=("report", "paper"),
             tables=(
                 Table("table2", "table2_md", "Table 2", "T = 1: device A and Avg.BC accuracy per correction and loss.",

@@ -50,7 +50,8 @@ def render_artefact(artefact: Artefact, ctx: RenderContext, out: Mapping[str, st
             frame.to_csv(tmp, index=False)
     for table in artefact.tables:
         write_text(out[table.markdown], table.document_from(out[table.csv], ctx).markdown())
-    unwritten = [out[k] for k in artefact.outputs if not Path(out[k]).is_file()]
+    unwritten = [out[k] for k in artefact.outputs
+                 if not (Path(out[k]).is_dir() if k in artefact.folders else Path(out[k]).is_file())]
     if unwritten:
         raise ValueError(f"{artefact.name}: the renderer did not write {', '.join(unwritten)}")
 

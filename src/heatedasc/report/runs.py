@@ -11,17 +11,16 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from heatedasc.tau import DEVICES, SCENES
+
 RUN_GLOB = "runs/*/T*/*/seed*/metrics.json"
 RUN_KEYS = ("correction", "temperature", "loss", "seed", "acc_a", "acc_b", "acc_c", "avg_bc",
             "params_trainable", "params_keras", "best_epoch", "selection")
 LABELS = {"ref_abc": "Ref.ABC", "ref_bc": "Ref.BC", "none": "NoCorrection"}
 METRICS = {"Dev.A": "acc_a", "Dev.B": "acc_b", "Dev.C": "acc_c", "Avg.BC": "avg_bc"}
-DEVICES = ("a", "b", "c")
 
 
 def class_names() -> list[str]:
-    from heatedasc.tau import SCENES
-
     return list(SCENES)
 
 
