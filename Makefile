@@ -38,4 +38,5 @@ pull: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc pull
 
 clean-results:
-	rm -rf results/prepared results/coefficients results/features results/runs results/tables results/figures results/metrics.json logs .snakemake
+	rm -rf results/prepared results/coefficients results/features results/runs results/tables results/figures \
+	  results/metrics results/metrics.json results/config.yaml results/report.html results/report.provenance.json logs .snakemake

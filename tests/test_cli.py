@@ -13,7 +13,7 @@ import yaml
 from conftest import REPO, venv_env
 from heatedasc import cli
 
-COMMANDS = ("synth", "config", "report", "lineage")
+COMMANDS = ("synth", "config", "report", "lineage", "compare")
 
 
 def heatedasc(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
