@@ -35,6 +35,8 @@ include: "workflow/rules/report.smk"
 rule recipe_changed:
     output:
         touch(os.path.join(str(TOKEN_DIR), "{rule}", "{job}", "{fingerprint}")),
+    message:
+        "{wildcards.rule} {wildcards.job}: its recipe or outputs changed (see .snakemake/heatedasc/recipes/)"
     localrule: True
 
 

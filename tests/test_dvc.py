@@ -1,13 +1,19 @@
-"""DVC around the Snakemake DAG, for real, in a temporary copy of the repository with a tiny config:
-`dvc repro` then nothing to do, metrics and plots, push to a local remote and pull into a fresh
-clone that neither DVC nor Snakemake wants to rebuild, and `dvc exp run -S` on a grid axis."""
+"""DVC around the Snakemake DAG, for real, in a temporary git copy of the repository with a tiny config.
+
+What a DVC user does, and what must then hold in BOTH tools with no extra command:
+* `dvc repro`, then nothing to do; an identical rerun from scratch leaves dvc.lock unchanged;
+* after `git clone` + `dvc pull`, `dvc checkout`, `git checkout <other>` + `dvc checkout` and `dvc exp apply`,
+  `dvc status` and `snakemake -n` (plain and with `--profile slurm`) report nothing to do;
+* a real change (one param, one library module, one raw wav) reruns exactly what depends on it;
+* `dvc exp run -S` takes effect (and `dvc exp show` / `dvc params diff` show the values that ran), or stops
+  naming the config file that overrides the key.
+"""
 
 import json
 import shutil
 import subprocess
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
@@ -19,9 +25,8 @@ pytestmark = pytest.mark.workflow
 # params.yaml owns the sweep in the temporary copy, so `dvc exp run -S sweep...` really changes the run;
 # the tiny override (config/tiny.yaml) sets everything else.
 TINY_SWEEP = {"correction": ["ref_abc", "none"], "temperature": [1], "loss": ["focal"], "seed": [0]}
-STAGES = ("synthesize", "data", "train", "report")
-# Snakemake outputs that live in git, not in the DVC cache (the `cache: false` metrics).
-GIT_TRACKED_RESULTS = {"results/metrics.json"}
+STAGES = ("config", "synthesize", "data", "train", "report")
+CLEAN = "Data and pipelines are up to date."
 
 
 def run(cwd: Path, *cmd: str, check: bool = True, timeout: int = 900) -> str:
@@ -68,25 +73,41 @@ def dvc_status(repo: Path) -> dict:
     return json.loads(run(repo, "dvc", "status", "--json"))
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def plan(repo: Path, *extra: str) -> dict:
+    """{rule: count} of what `snakemake -n` would run ({} when nothing)."""
+    out = run(repo, "snakemake", "-n", "--quiet", "rules", *extra, "--configfile", *configfiles(repo))
+    return {} if "Nothing to be done" in out else job_counts(out)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A git repository copied from the working tree, the tiny config wired in, `dvc repro` run once."""
-    repo = tmp_path_factory.mktemp("dvc") / "repo"
-    repo.mkdir()
+def assert_nothing_to_do(repo: Path) -> None:
+    assert dvc_status(repo) == {}
+    assert CLEAN in run(repo, "dvc", "status")
+    assert plan(repo) == {}
+    assert plan(repo, "--profile", "slurm") == {}  # the literal cluster command plans nothing either
+
+
+def edit_yaml(path: Path, section: str, key: str, value) -> None:
+    data = yaml.safe_load(path.read_text())
+    data[section][key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def new_project(root: Path, *, tiny_overrides: dict | None = None) -> Path:
+    """A git repository copied from the working tree with the tiny config wired in (not yet run)."""
+    repo = root / "repo"
+    repo.mkdir(parents=True)
     copy_working_tree(repo)
     tiny = json.loads(json.dumps(TINY))
     tiny.pop("sweep")
     tiny["data"]["root"] = "data/synthetic"  # the synthesize stage's DVC output
+    for section, values in (tiny_overrides or {}).items():
+        tiny.setdefault(section, {}).update(values)
     (repo / "config" / "tiny.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sweep"] = TINY_SWEEP
@@ -94,15 +115,19 @@ def project(tmp_path_factory):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(repo, "git", "init", "-q", "-b", "main")
     git_commit(repo, "code")
+    return repo
 
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The tiny project after one `dvc repro`, committed."""
+    repo = new_project(tmp_path_factory.mktemp("dvc"))
     first = run(repo, "dvc", "repro")
-    # Every Snakemake output is either in the DVC cache (and git-ignored by DVC) or a git-tracked
-    # metric/plot: nothing is left for `git add` to pick up by accident.
+    # Every output is in the DVC cache (git-ignored by DVC) or a git-tracked cache: false out.
     untracked = run(repo, "git", "status", "--porcelain", "--untracked-files=all").splitlines()
-    leftovers = sorted(
-        line[3:] for line in untracked
-        if line[3:] != "dvc.lock" and not line.endswith(".gitignore") and line[3:] not in GIT_TRACKED_RESULTS
-    )
+    leftovers = sorted(line[3:] for line in untracked if line[3:] != "dvc.lock" and not line.endswith(".gitignore")
+                       and line[3:] not in ("results/config.yaml", "results/metrics.json")
+                       and not line[3:].startswith("results/metrics/"))
     git_commit(repo, "dvc repro")
     return {"repo": repo, "first": first, "leftovers": leftovers}
 
@@ -112,116 +137,136 @@ def test_repro_runs_every_stage_then_has_nothing_to_do(project):
     for stage in STAGES:
         assert f"Running stage '{stage}'" in project["first"], stage
     for name in ("tables/table2.csv", "tables/table3.csv", "figures/fig3.png", "figures/fig3.csv",
-                 "figures/fig2.png", "metrics.json", "coefficients/coefficients.png"):
+                 "figures/fig2.png", "metrics.json", "metrics/ref_abc.json", "coefficients/coefficients.png",
+                 "config.yaml"):
         assert (repo / "results" / name).stat().st_size > 0, name
     assert json.loads((repo / "results" / "metrics.json").read_text())["n_runs"] == len(TINY_SWEEP["correction"])
-    assert project["leftovers"] == [], "Snakemake outputs neither DVC outs nor git-tracked metrics/plots"
+    assert project["leftovers"] == [], "Snakemake outputs that are neither DVC outs nor git-tracked"
+    # One line per job on the terminal, not Snakemake's reason dumps.
+    assert "reason:" not in project["first"] and "[0/" in project["first"]
 
     again = run(repo, "dvc", "repro")
     assert "Running stage" not in again
-    assert "Data and pipelines are up to date." in again or all(
-        f"Stage '{s}' didn't change" in again for s in STAGES)
-    assert dvc_status(repo) == {}
-    assert "Data and pipelines are up to date." in run(repo, "dvc", "status")
+    assert_nothing_to_do(repo)
+    assert run(repo, "git", "status", "--porcelain") == ""
 
 
-def test_grid_change_alone_makes_the_report_stage_stale(project):
-    # Shrinking the grid adds no run (results/runs stays as it is, persist), yet the tables must be
-    # rebuilt from fewer runs: the report stage has to track `sweep` itself.
+def test_metrics_show_is_a_table_a_person_can_read(project):
     repo = project["repo"]
-    params = repo / "params.yaml"
-    original = params.read_bytes()
-    try:
-        cfg = yaml.safe_load(original)
-        cfg["sweep"]["correction"] = ["ref_abc"]
-        params.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        stale = dvc_status(repo)
-        assert "report" in stale and "train" in stale
-        assert "synthesize" not in stale
-    finally:
-        params.write_bytes(original)
-    assert dvc_status(repo) == {}
-
-
-def test_metrics_and_plots_read_the_report_outputs(project):
-    repo = project["repo"]
-    summary = json.loads((repo / "results" / "metrics.json").read_text())
-    shown = json.loads(run(repo, "dvc", "metrics", "show", "--json"))
-    found = [rev["data"]["results/metrics.json"]["data"] for rev in shown.values()
-             if "results/metrics.json" in rev.get("data", {})]
-    assert found == [summary]
     table = run(repo, "dvc", "metrics", "show")
-    assert "results/metrics.json" in table
-    assert str(summary["n_runs"]) in table
-    values = [v for v in flatten(summary).values() if isinstance(v, float)]
-    assert values and all(str(round(v, 5)) in table for v in values)  # dvc rounds to 5 digits
+    lines = table.strip().splitlines()
+    assert [l.split()[0] for l in lines[1:]] == ["results/metrics/none.json", "results/metrics/ref_abc.json"]
+    assert max(len(l) for l in lines) < 200
+    header = lines[0].split()
+    assert header[0] == "Path" and "avg_bc_focal_T1" in header and "dev_a_focal_T1" in header
+    assert all("." not in h for h in header)  # flat keys
+    ref_abc = json.loads((repo / "results" / "metrics" / "ref_abc.json").read_text())
+    summary = json.loads((repo / "results" / "metrics.json").read_text())
+    assert ref_abc["avg_bc_focal_T1"] == round(100 * summary["ref_abc"]["focal"]["avg_bc_T1"], 2)
+    assert str(ref_abc["avg_bc_focal_T1"]) in lines[2]
 
-    fig3 = pd.read_csv(repo / "results" / "figures" / "fig3.csv")
     plots = json.loads(run(repo, "dvc", "plots", "show", "--json"))
-    [plot] = plots["data"]["results/figures/fig3.csv"]
-    content = plot["content"]  # the project's template (.dvc/plots/fig3.json): a panel per metric, a line per correction
-    assert content["facet"]["column"]["field"] == "metric"
-    spec = content["spec"]
-    assert spec["encoding"]["x"]["field"] == "temperature" and spec["encoding"]["color"]["field"] == "correction"
-    lines = [layer for layer in spec["layer"] if layer["mark"]["type"] == "line"]
-    assert [layer["encoding"]["y"]["field"] for layer in lines] == ["mean"]
-    rows = content["data"]["values"]
-    assert len(rows) == len(fig3)
-    assert sorted(float(r["mean"]) for r in rows) == sorted(fig3["mean"].astype(float))
-    html = repo.parent / "plots"
-    run(repo, "dvc", "plots", "show", "-o", str(html))
-    assert "fig3.csv" in (html / "index.html").read_text()
+    [fig3] = plots["data"]["results/figures/fig3.csv"]
+    assert fig3["content"]["facet"]["column"]["field"] == "metric"  # the project's template .dvc/plots/fig3.json
 
 
-def test_push_then_pull_into_fresh_clone_is_up_to_date_for_dvc_and_snakemake(project, tmp_path):
+def test_an_identical_rerun_from_scratch_leaves_dvc_lock_unchanged(project, tmp_path):
+    repo = tmp_path / "again"
+    run(project["repo"].parent, "git", "clone", "-q", str(project["repo"]), str(repo))
+    lock = (repo / "dvc.lock").read_text()
+    run(repo, "dvc", "repro")  # everything from nothing: no cache to pull from in this clone
+    assert (repo / "dvc.lock").read_text() == lock
+    assert run(repo, "git", "status", "--porcelain") == ""  # the git-tracked results are identical too
+    # when/where the jobs ran stays beside the logs, where `heatedasc lineage` finds it
+    volatile = repo / "logs" / "provenance" / "results" / "runs" / "ref_abc" / "T1" / "focal" / "seed0" / "provenance.json"
+    assert {"created", "host", "git"} <= set(json.loads(volatile.read_text()))
+    out = run(repo, "heatedasc", "lineage", "results/runs/ref_abc/T1/focal/seed0/metrics.json", "--no-config")
+    assert "[ok] train(correction=ref_abc, temperature=1, loss=focal, seed=0) at 20" in out
+
+
+def test_clone_pull_checkout_and_exp_apply_need_no_extra_command(project, tmp_path):
     repo = project["repo"]
     remote = tmp_path / "remote"
     remote.mkdir()
     run(repo, "dvc", "remote", "add", "-d", "local", str(remote))
-    run(repo, "dvc", "push", "--all-commits")  # the committed baseline, whatever the workspace holds now
     run(repo, "git", "add", ".dvc/config")
     run(repo, "git", "commit", "-q", "-m", "local remote")
+    run(repo, "dvc", "push")
 
     clone = tmp_path / "clone"
     run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
-    assert not (clone / "data" / "synthetic").exists() and not (clone / "results" / "runs").exists()
-    run(clone, "dvc", "pull")
-    assert dvc_status(clone) == {}
-    baseline = run(repo, "git", "show", "HEAD:results/metrics.json")
-    assert json.loads((clone / "results" / "metrics.json").read_text()) == json.loads(baseline)
-    for rel in ("data/synthetic/meta.csv", "results/tables/table2.csv", "results/prepared/manifest.csv",
+    assert not (clone / "results" / "runs").exists()
+    run(clone, "dvc", "pull")  # fresh mtimes, in no particular order; no Snakemake metadata at all
+    for rel in ("data/synthetic/meta.csv", "results/prepared/manifest.csv",
                 "results/runs/ref_abc/T1/focal/seed0/model.pt", "results/features/none/train.npy"):
         assert (clone / rel).read_bytes() == (repo / rel).read_bytes(), rel
+    assert_nothing_to_do(clone)
 
-    # DVC restored every file with a fresh mtime in no particular order, and the git-tracked summary is
-    # older than the runs it summarises. DVC has just matched every file to dvc.lock, so the documented
-    # follow-up (`make pull`) marks the whole DAG up to date in DAG order, recording Snakemake metadata.
-    cfg = configfiles(clone)
-    run(clone, "snakemake", "--touch", "--forceall", "--cores", "1", "--quiet", "--configfile", *cfg)
+    # Another version of the results, committed: two more epochs.
+    edit_yaml(clone / "config" / "tiny.yaml", "train", "epochs", 2)
+    out = run(clone, "dvc", "repro")
+    assert "Running stage 'train'" in out and "Stage 'data' didn't change" in out
+    git_commit(clone, "two epochs")
+    run(clone, "dvc", "push")
+    assert_nothing_to_do(clone)
 
-    assert dvc_status(clone) == {}
-    assert "Data and pipelines are up to date." in run(clone, "dvc", "status")
-    plan = run(clone, "snakemake", "-n", "--configfile", *cfg)
-    assert "Nothing to be done" in plan
-    assert "missing provenance/metadata" not in plan
-    assert run(clone, "git", "status", "--porcelain") == ""
-    nothing = run(clone, "dvc", "repro")
-    assert "Running stage" not in nothing
+    # git checkout <other commit> + dvc checkout, both ways.
+    run(clone, "git", "checkout", "-q", "HEAD~1")
+    run(clone, "dvc", "checkout")
+    assert yaml.safe_load((clone / "results" / "config.yaml").read_text())["train"]["epochs"] == 1
+    assert_nothing_to_do(clone)
+    run(clone, "git", "checkout", "-q", "main")
+    run(clone, "dvc", "checkout")
+    assert_nothing_to_do(clone)
 
-    # The clone is a working project, not only a quiet one: a training parameter in a config file
-    # named by pipeline.configfiles makes DVC and Snakemake (params trigger) plan exactly the retraining.
-    tiny = clone / "config" / "tiny.yaml"
-    cfg_tiny = yaml.safe_load(tiny.read_text())
-    cfg_tiny["train"]["epochs"] = 2
-    tiny.write_text(yaml.safe_dump(cfg_tiny, sort_keys=False))
-    assert "train" in dvc_status(clone)
-    counts = job_counts(run(clone, "snakemake", "-n", "--quiet", "rules", "--configfile", *cfg))
-    assert counts["train"] == len(TINY_SWEEP["correction"])
+    # dvc exp run, back to the baseline, then dvc exp apply.
+    run(clone, "dvc", "exp", "run", "-n", "three", "-S", "config/tiny.yaml:train.epochs=3")
+    run(clone, "git", "checkout", "--", ".")
+    run(clone, "dvc", "checkout", "--force")
+    assert_nothing_to_do(clone)
+    run(clone, "dvc", "exp", "apply", "three")
+    assert yaml.safe_load((clone / "results" / "config.yaml").read_text())["train"]["epochs"] == 3
+    assert_nothing_to_do(clone)
+
+
+def test_a_real_change_reruns_exactly_what_depends_on_it(project, tmp_path):
+    clone = tmp_path / "work"
+    run(tmp_path, "git", "clone", "-q", str(project["repo"]), str(clone))
+    run(clone, "dvc", "repro")  # from scratch in this clone (no remote needed)
+    n_runs = len(TINY_SWEEP["correction"])
+
+    # One parameter: the training runs and the report.
+    edit_yaml(clone / "config" / "tiny.yaml", "train", "epochs", 2)
+    status = dvc_status(clone)
+    assert {"config", "train", "report"} <= set(status) and "data" not in status and "synthesize" not in status
+    counts = plan(clone)
+    assert counts["train"] == n_runs and counts["recipe_changed"] == n_runs
     for upstream in ("synthesize", "prepare", "mean_spectra", "coefficients", "feature_stats", "features"):
         assert upstream not in counts, upstream
+    run(clone, "git", "checkout", "--", "config/tiny.yaml")
+    assert plan(clone) == {} and dvc_status(clone) == {}
+
+    # One library module: exactly the jobs whose code imports it.
+    losses = clone / "src" / "heatedasc" / "losses.py"
+    losses.write_text(losses.read_text() + "\n# an edit\n")
+    assert set(dvc_status(clone)) == {"train", "report"}
+    counts = plan(clone)
+    assert counts["train"] == n_runs and "features" not in counts and "prepare" not in counts
+    run(clone, "git", "checkout", "--", "src/heatedasc/losses.py")
+    assert plan(clone) == {} and dvc_status(clone) == {}
+
+    # One raw wav of the generated set: the generator owns that folder and writes it back; the content is
+    # then what every later job read, so nothing after it reruns (DVC: the synthesize stage alone).
+    wav = sorted((clone / "data" / "synthetic" / "audio").glob("*.wav"))[0]
+    flip_last_byte(wav)
+    assert "synthesize" in dvc_status(clone)
+    assert set(plan(clone)) - {"all", "total"} == {"synthesize", "recipe_changed"}
+    out = run(clone, "dvc", "repro")
+    assert "Running stage 'synthesize'" in out and "Running stage 'train'" not in out
+    assert_nothing_to_do(clone)
 
 
-def test_exp_run_with_a_changed_axis_trains_only_the_new_runs(project):
+def test_exp_run_sets_what_runs_or_names_the_file_that_overrides_it(project):
     repo = project["repo"]
     old_model = repo / "results" / "runs" / "ref_abc" / "T1" / "focal" / "seed0" / "model.pt"
     old_mtime = old_model.stat().st_mtime_ns
@@ -230,12 +275,8 @@ def test_exp_run_with_a_changed_axis_trains_only_the_new_runs(project):
     assert "Running stage 'train'" in out and "Running stage 'report'" in out
     for c in TINY_SWEEP["correction"]:
         assert (repo / "results" / "runs" / c / "T5" / "focal" / "seed0" / "metrics.json").is_file(), c
-    assert old_model.stat().st_mtime_ns == old_mtime  # persist: Snakemake kept the T1 run
-    fig3 = pd.read_csv(repo / "results" / "figures" / "fig3.csv")
-    assert sorted(fig3["temperature"].unique()) == [1.0, 5.0]
+    assert old_model.stat().st_mtime_ns == old_mtime  # persist: Snakemake kept the T1 runs
 
-    table = run(repo, "dvc", "exp", "show", "--no-pager", "--csv")
-    assert "hotter" in table
     shown = json.loads(run(repo, "dvc", "exp", "show", "--json"))
     by_name = {}
     for entry in shown:
@@ -243,15 +284,17 @@ def test_exp_run_with_a_changed_axis_trains_only_the_new_runs(project):
         for group in entry.get("experiments") or []:
             for rev in group["revs"]:
                 by_name[rev["name"]] = rev
-    baseline, exp = by_name["main"], by_name["hotter"]
-    n_runs = len(TINY_SWEEP["correction"])
+    ran = {name: by_name[name]["data"]["params"]["results/config.yaml"]["data"] for name in ("main", "hotter")}
+    assert ran["main"]["sweep"]["temperature"] == [1] and ran["hotter"]["sweep"]["temperature"] == [1, 5]
+    assert ran["hotter"]["train"]["epochs"] == 1  # tiny.yaml's value, the one that ran (params.yaml says 150)
+    diff = run(repo, "dvc", "params", "diff", "main")
+    assert "results/config.yaml" in diff and "sweep.temperature" in diff
 
-    def metrics(e):
-        return e["data"]["metrics"]["results/metrics.json"]["data"]
-
-    def sweep(e):
-        return e["data"]["params"]["params.yaml"]["data"]["sweep"]
-
-    assert metrics(baseline)["n_runs"] == n_runs and sweep(baseline)["temperature"] == [1]
-    assert metrics(exp)["n_runs"] == 2 * n_runs and sweep(exp)["temperature"] == [1, 5]
-    assert metrics(exp) == json.loads((repo / "results" / "metrics.json").read_text())
+    # A key config/tiny.yaml sets too: changing it in params.yaml would change nothing, so it stops.
+    run(repo, "git", "checkout", "--", ".")
+    run(repo, "dvc", "checkout", "--force")
+    bad = run(repo, "dvc", "exp", "run", "-S", "params.yaml:train.epochs=20", check=False)
+    assert "params.yaml: train.epochs changed since the last commit (150 -> 20), but config/tiny.yaml" in bad
+    assert "dvc exp run -S 'config/tiny.yaml:train.epochs=...'" in bad
+    run(repo, "git", "checkout", "--", ".")
+    assert dvc_status(repo) == {}
