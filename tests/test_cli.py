@@ -75,6 +75,6 @@ def test_config_defaults_to_the_pipelines_own_config_files():
 
 
 def test_lineage_of_something_no_job_made_is_an_error(tmp_path):
-    proc = heatedasc("lineage", str(tmp_path / "x.csv"), "--no-config", "--results", str(tmp_path))
+    proc = heatedasc("lineage", str(tmp_path / "x.csv"), "--no-plan", "--results", str(tmp_path))
     assert proc.returncode == 1
     assert proc.stderr.startswith("heatedasc lineage: error: ") and "no provenance record" in proc.stderr

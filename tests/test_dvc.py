@@ -180,7 +180,7 @@ def test_an_identical_rerun_from_scratch_leaves_dvc_lock_unchanged(project, tmp_
     # when/where the jobs ran stays beside the logs, where `heatedasc lineage` finds it
     volatile = repo / "logs" / "provenance" / "results" / "runs" / "ref_abc" / "T1" / "focal" / "seed0" / "provenance.json"
     assert {"created", "host", "git"} <= set(json.loads(volatile.read_text()))
-    out = run(repo, "heatedasc", "lineage", "results/runs/ref_abc/T1/focal/seed0/metrics.json", "--no-config")
+    out = run(repo, "heatedasc", "lineage", "results/runs/ref_abc/T1/focal/seed0/metrics.json", "--no-plan")
     assert "[ok] train(correction=ref_abc, temperature=1, loss=focal, seed=0) at 20" in out
 
 

@@ -187,7 +187,6 @@ def test_bad_meta_row_stops_at_prepare_and_leaves_nothing(tmp_path):
 @pytest.mark.workflow
 def test_lineage_audit_reports_exactly_what_went_stale(tmp_path):
     from heatedasc import lineage
-    from heatedasc.config import load_config
 
     cfg = json.loads(json.dumps(TINY))
     cfg["data"]["root"] = str(tmp_path / "data" / "synthetic")
@@ -197,23 +196,25 @@ def test_lineage_audit_reports_exactly_what_went_stale(tmp_path):
     configs = [str(REPO / "params.yaml"), str(override)]
 
     def audit(target, config_files=configs):
-        return lineage.audit(tmp_path / target, results_dir=tmp_path / "results", base=tmp_path,
-                             config=load_config(config_files))
+        lineage.plan(config_files, base=tmp_path)
+        return lineage.audit(tmp_path / target, results_dir=tmp_path / "results", base=tmp_path)
 
     root = audit("results/tables/table3.csv")
     assert not root.stale and lineage.stale_records(root) == []
     tree = lineage.to_dict(root)
     stages = sorted(j["stage"] for j in tree["jobs"])
     assert stages == sorted(["tables", "train", "train", "features", "features", "features", "features",
-                             "feature_stats", "feature_stats", "coefficients", "coefficients", "mean_spectra", "prepare"])
+                             "feature_stats", "feature_stats", "coefficients", "coefficients", "mean_spectra", "prepare",
+                             "synthesize"])
     prepare = next(j for j in tree["jobs"] if j["stage"] == "prepare")
     raw = [l for l in prepare["links"] if l["key"] == "audio" and l["role"] == "input"]
     assert raw and all(len(l["sha256"]) == 64 for l in raw)
     assert prepare["code"]["package_sha256"] and prepare["packages"]["torch"] == "2.11.0"
+    assert all(len(j["fingerprint"]) == 64 for j in tree["jobs"])
     text = lineage.render(root)
     assert "[ok] tables" in text and "prepare" in text
 
-    # One param changed: exactly the training jobs (and what reads them) go stale.
+    # One param changed: exactly the training jobs go stale themselves (the table through them), by key.
     changed = json.loads(json.dumps(cfg))
     changed["train"]["epochs"] = 2
     root = audit("results/tables/table3.csv", [str(REPO / "params.yaml"), str(write_override(tmp_path / "c.yaml", changed))])
@@ -221,16 +222,88 @@ def test_lineage_audit_reports_exactly_what_went_stale(tmp_path):
     assert sorted(Path(s).parts[-5] for s in stale) == ["none", "ref_abc"]  # runs/<c>/T1/focal/seed0/provenance.json
     assert all(s.endswith("seed0/provenance.json") for s in stale)
     assert root.stale
+    train = next(j for j in lineage.to_dict(root)["jobs"] if j["stage"] == "train")
+    assert train["changes"] == ["params.train.epochs: 1 -> 2"]
 
-    # One raw wav changed: the prepare job's input changed, so everything downstream is stale.
+    # One raw wav changed: named by file, at the generator (which owns it) and at prepare (which read it).
     wav = sorted((tmp_path / "data" / "synthetic" / "audio").glob("*.wav"))[0]
     data = bytearray(wav.read_bytes())
     data[-1] ^= 0xFF
     wav.write_bytes(bytes(data))
     root = audit("results/runs/none/T1/focal/seed0/metrics.json")
-    stale = lineage.stale_records(root)
-    assert [Path(s).name for s in stale] == ["provenance.json"] and "prepared" in stale[0]
-    assert root.stale
-    out = subprocess.run([sys.executable, "-m", "heatedasc.cli", "lineage", "results/tables/table2.csv", "--no-config"],
-                         cwd=tmp_path, capture_output=True, text=True, env=venv_env())
-    assert out.returncode == 3 and "STALE" in out.stdout and "changed" in out.stdout  # 3: checked, found stale
+    jobs = {j["stage"]: j for j in lineage.to_dict(root)["jobs"]}
+    assert jobs["prepare"]["changes"] == [f"raw audio audio/{wav.name} changed"]
+    assert jobs["synthesize"]["changes"] == [f"output {cfg['data']['root']}/audio changed since the job wrote it"]
+    assert sorted(Path(s).parent.name for s in lineage.stale_records(root)) == ["prepared", "synthetic"]
+    out = subprocess.run([sys.executable, "-m", "heatedasc.cli", "lineage", "results/tables/table2.csv",
+                          "--configfile", *configs], cwd=tmp_path, capture_output=True, text=True, env=venv_env())
+    assert out.returncode == 3, out.stderr  # 3: checked, found stale
+    assert "STALE" in out.stdout and f"✗ raw audio audio/{wav.name} changed" in out.stdout
+
+
+@pytest.mark.workflow
+def test_a_changed_module_reruns_exactly_the_jobs_whose_code_imports_it(tmp_path):
+    """In a scratch copy of the package, each module in turn gets an edit; `snakemake -n` and the lineage
+    audit must mark exactly the jobs whose adapter script imports it (directly or not). The expected set
+    comes from the standard library's ModuleFinder, not from the workflow's own import reader."""
+    import modulefinder
+    import shutil
+
+    from heatedasc import lineage
+
+    copy = tmp_path / "copy"
+    for part in ("src", "workflow", "profiles", "Snakefile", "params.yaml"):
+        src = REPO / part
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, copy / part)
+    env = {**venv_env(), "PYTHONPATH": str(copy / "src")}
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"]["root"] = "data/synthetic"
+    cfg["sweep"] = {"correction": ["ref_abc"], "temperature": [1], "loss": ["focal"], "seed": [0]}
+    override = write_override(tmp_path / "tiny.yaml", cfg)
+    work = tmp_path / "work"
+    base_cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(copy / "Snakefile"), "--directory", str(work),
+                "--configfile", str(copy / "params.yaml"), str(override)]
+    subprocess.run(base_cmd + ["--cores", "2"], check=True, env=env, capture_output=True, timeout=900)
+
+    # Which modules each rule's script runs, by ModuleFinder over the copy.
+    scripts = {"synthesize": "synthesize", "prepare": "prepare", "mean_spectra": "mean_spectra",
+               "coefficients": "coefficients", "coefficient_plot": "coefficient_plot", "feature_stats": "feature_stats",
+               "features": "features", "train": "train"}
+    from heatedasc.report.registry import REGISTRY
+
+    scripts.update({a.name: "report_artefact" for a in REGISTRY})
+    runs = {}
+    for script in set(scripts.values()):
+        finder = modulefinder.ModuleFinder(path=[str(copy / "src")], excludes=["torch", "numpy", "pandas", "scipy",
+                                           "matplotlib", "seaborn", "soundfile", "torchaudio", "jinja2", "yaml",
+                                           "tqdm", "markupsafe", "jsonschema"])
+        finder.run_script(str(copy / "workflow" / "scripts" / f"{script}.py"))
+        runs[script] = {m.split(".")[1] for m in finder.modules if m.startswith("heatedasc.")}
+    not_code = {"logutil", "provenance"}  # the job's log and its record: they describe results, not make them
+
+    modules = sorted({p.stem for p in (copy / "src" / "heatedasc").glob("*.py") if p.stem != "__init__"} | {"report"})
+    checked = 0
+    for module in modules:
+        target = copy / "src" / "heatedasc" / (f"{module}/__init__.py" if module == "report" else f"{module}.py")
+        original = target.read_text()
+        target.write_text(original + "\n# an edit\n")
+        try:
+            plan = subprocess.run(base_cmd + ["-n", "--quiet", "rules"], env=env, capture_output=True, text=True)
+            assert plan.returncode == 0, plan.stderr[-3000:]
+            decided = {}
+            for f in (work / ".snakemake" / "heatedasc" / "recipes").glob("*/*.json"):
+                d = json.loads(f.read_text())
+                decided[d["job"].split("(")[0]] = [c for c in d["changed"] if c.startswith("code ")]
+            marked = {rule for rule, reasons in decided.items() if reasons}
+            expected = {rule for rule, script in scripts.items() if module in runs[script] - not_code}
+            assert marked == expected, (module, marked, expected)
+            assert all(r == [f"code src/heatedasc/{target.relative_to(copy / 'src' / 'heatedasc').as_posix()} changed"]
+                       for r in decided.values() if r), module
+            root = lineage.audit(work / "results" / "report.html", results_dir=work / "results", base=work)
+            own = {Path(n["record"]).name and n["stage"] for n in lineage.to_dict(root)["jobs"]
+                   if any(c.startswith("code ") for c in n["changes"])}
+            assert own == expected, (module, own, expected)
+            checked += bool(expected)
+        finally:
+            target.write_text(original)
+    assert checked >= 12  # most modules are code of some job

@@ -90,16 +90,19 @@ def _lineage(args) -> int:
     import json
 
     from heatedasc import lineage
-    from heatedasc.config import load_config
+    from heatedasc.config import default_configfiles, load_config
 
-    config = None if args.no_config else load_config(_configfiles(args))
-    root = lineage.audit(args.target, results_dir=args.results, config=config)
+    if not args.no_plan:
+        files = _configfiles(args) or default_configfiles()
+        load_config(files)  # a bad config is named here, not inside snakemake's output
+        lineage.plan(files)
+    root = lineage.audit(args.target, results_dir=args.results, use_plan=not args.no_plan)
     if args.json:
         print(json.dumps(lineage.to_dict(root), indent=2))
     else:
         print(lineage.render(root, verbose=args.verbose))
         stale = lineage.stale_records(root)
-        print(f"\n{args.target}: " + ("every link matches what is on disk" if not root.stale
+        print(f"\n{args.target}: " + ("every link matches what is on disk and the current recipes" if not root.stale
                                       else f"STALE — {len(stale)} job(s) changed: " + ", ".join(stale)))
     return EXIT_DIFFERENT if root.stale else 0
 
@@ -188,13 +191,16 @@ def build_parser() -> Parser:
     p = sub.add_parser(
         "lineage", help="audit where a result came from",
         description="Walk a result back through the jobs that made it — their provenance records — to the raw "
-        "audio and the code, checking every recorded content hash against the disk and each job's parameters "
-        "against the current configuration. Exit status 3 when anything no longer matches (stale).",
+        "audio and the code, checking every recorded content hash against the disk and, after a dry run of the "
+        "workflow with the given configuration, each job's recorded recipe against the one it would run with "
+        "now: a changed param is named by key, a library file or a raw audio file by name. Exit status 3 when "
+        "anything no longer matches (stale).",
     )
     p.add_argument("target", help="a workflow output, e.g. results/tables/table3.csv")
     p.add_argument("--results", default="results", help="the results folder holding the provenance records")
     p.add_argument("--configfile", nargs="+", metavar="FILE", help=CONFIGFILE_HELP)
-    p.add_argument("--no-config", action="store_true", help="check content hashes only, not parameters")
+    p.add_argument("--no-plan", action="store_true",
+                   help="check recorded content hashes only (no dry run of the workflow, no recipe comparison)")
     p.add_argument("--json", action="store_true", help="print the audit as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="list every link, not only the changed ones")
     p.set_defaults(func=_lineage)

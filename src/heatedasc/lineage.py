@@ -1,39 +1,28 @@
 """Lineage audit: walk a result back through the jobs that made it to the raw audio and code.
 
-Every workflow job writes a provenance record (heatedasc.provenance.record_job) with the content
-hashes of its inputs and outputs, its params, the config, code version, package versions, host and
-SLURM job. `audit(path)` finds the record that produced `path`, checks each recorded hash against
-what is on disk now, recurses into the records that produced its inputs, and (given the current
-configuration) compares the config sections each stage depends on.
+Every workflow job writes a provenance record (heatedasc.provenance.record_job): content hashes of its
+inputs and outputs, its recipe (params, code by file, raw inputs, upstream fingerprints) and fingerprint, and
+package versions; when and where it ran lies beside the logs. `audit(path)` finds the record that produced
+`path`, checks every recorded hash against the disk, recurses into the records that produced its inputs,
+and — given the decisions of the last plan (`plan()` runs `snakemake -n`, which writes them) — says for
+each job exactly what differs from the recipe it would run with now: a param by key, a library file by
+name, a raw audio file by name, or an upstream job.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Sequence
 
 from heatedasc.provenance import load_volatile, sha256_path
+from heatedasc.recipes import RECIPE_DIR, job_key
 
-# The config sections whose values decide each stage's outputs (besides its input files).
-STAGE_SECTIONS = {
-    "prepare": ("data",),
-    "mean_spectra": ("features.n_fft", "features.hop_length", "features.remove_dc", "data.devices"),
-    "coefficients": ("correction",),
-    "coefficient_plot": (),
-    "feature_stats": ("features", "data.sample_rate"),
-    "features": ("features", "data.sample_rate"),
-    "train": ("model", "loss", "train"),
-    "tables": ("report", "paper"),
-    "fig3": ("report", "paper"),
-    "fig2": ("report",),
-    "calibration": ("report", "sweep"),
-    "confusion": ("report",),
-    "significance": ("report",),
-    "report_html": ("report", "paper"),
-}
+MAX_NAMED_FILES = 20
 
 
 @dataclass
@@ -45,7 +34,7 @@ class Link:
     path: str
     recorded: str
     current: str | None
-    produced: bool = False  # an input made by another job of the workflow (else raw data or code)
+    produced: bool = False  # an input made by another job of the workflow (else raw data)
 
     @property
     def status(self) -> str:
@@ -60,7 +49,7 @@ class Node:
     record: dict
     volatile: dict = field(default_factory=dict)  # when/where it ran: logs/provenance/, {} on another machine
     links: list[Link] = field(default_factory=list)
-    config_changes: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)  # what differs from the recipe it would run with now
     parents: list["Node"] = field(default_factory=list)
 
     @property
@@ -68,8 +57,12 @@ class Node:
         return self.record.get("stage", "?")
 
     @property
+    def job(self) -> str:
+        return job_key(self.stage, self.record.get("wildcards", {}))
+
+    @property
     def own_ok(self) -> bool:
-        return not self.config_changes and all(l.status == "ok" for l in self.links)
+        return not self.changes and all(l.status == "ok" for l in self.links)
 
     @property
     def stale(self) -> bool:
@@ -82,10 +75,12 @@ def _norm(path: str, base: Path) -> str:
 
 
 def load_records(results_dir: str | os.PathLike, base: str | os.PathLike = ".") -> dict[str, tuple[str, dict]]:
-    """Map every output path named in a provenance record under `results_dir` to (record file, record)."""
+    """Map every output path named in a provenance record to (record file, record). Records sit under
+    `results_dir`, and the synthetic generator's beside its data (data/*/provenance.json)."""
     base = Path(base)
     producers: dict[str, tuple[str, dict]] = {}
-    for rec_file in sorted(Path(results_dir).rglob("*provenance.json")):
+    files = sorted(Path(results_dir).rglob("*provenance.json")) + sorted((base / "data").glob("*/provenance.json"))
+    for rec_file in files:
         try:
             record = json.loads(rec_file.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -97,47 +92,57 @@ def load_records(results_dir: str | os.PathLike, base: str | os.PathLike = ".") 
     return producers
 
 
-def _get(config: Mapping, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
+def plan(configfiles: Sequence[str], *, base: str | os.PathLike = ".", snakefile: str | os.PathLike | None = None,
+         target: str = "all") -> None:
+    """Refresh the per-job decisions (.snakemake/heatedasc/recipes/) with a dry run of the workflow."""
+    from heatedasc.config import REPO_ROOT
+
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--quiet", "all", "--snakefile",
+           str(snakefile or REPO_ROOT / "Snakefile"), "--directory", str(base), "--configfile", *map(str, configfiles),
+           target]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ValueError(f"planning the workflow (snakemake -n) failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
 
 
-def _config_changes(stage: str, recorded: Mapping, current: Mapping | None) -> list[str]:
-    if current is None:
+def decision(record: dict, base: Path) -> dict | None:
+    """The last plan's decision about the job that wrote `record` (None when that plan did not include it)."""
+    wildcards = record.get("wildcards", {})
+    safe = ",".join(f"{k}={v}" for k, v in wildcards.items()).replace("/", "_") or "_"
+    path = base / RECIPE_DIR / record.get("stage", "?") / f"{safe}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def changed_raw_files(record: dict, base: Path) -> list[str]:
+    """For the prepare job: the raw audio files whose content differs from the manifest's raw_sha256."""
+    import pandas as pd
+
+    manifests = [p for paths in record.get("outputs", {}).values() for p in paths if p.endswith("manifest.csv")]
+    roots = [p for k, paths in record.get("inputs", {}).items() if k == "meta" for p in paths]
+    if not manifests or not roots or not (base / manifests[0]).is_file():
         return []
-    changes = []
-    for section in STAGE_SECTIONS.get(stage, ()):
-        before, now = _get(recorded, section), _get(current, section)
-        if json.dumps(before, sort_keys=True, default=str) != json.dumps(now, sort_keys=True, default=str):
-            changes.extend(_diff(section, before, now))
-    return changes
+    root = Path(roots[0]).parent
+    root = root if root.is_absolute() else base / root
+    changed = []
+    for name, sha in pd.read_csv(base / manifests[0], usecols=["filename", "raw_sha256"]).itertuples(index=False):
+        path = root / name
+        if not path.is_file():
+            changed.append(f"{name} (missing)")
+        elif sha256_path(path) != sha:
+            changed.append(name)
+    return changed
 
 
-def _diff(prefix: str, a, b) -> list[str]:
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            out.extend(_diff(f"{prefix}.{k}", a.get(k), b.get(k)))
-        return out
-    if json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str):
-        return []
-    return [f"{prefix}: {a!r} -> {b!r}"]
-
-
-def audit(
-    target: str | os.PathLike,
-    *,
-    results_dir: str | os.PathLike = "results",
-    base: str | os.PathLike = ".",
-    config: Mapping | None = None,
-) -> Node:
-    """The lineage tree of `target` with every link checked against the disk (and `config`, if given)."""
+def audit(target: str | os.PathLike, *, results_dir: str | os.PathLike = "results",
+          base: str | os.PathLike = ".", use_plan: bool = True) -> Node:
+    """The lineage tree of `target`, every link checked against the disk, and (with `use_plan`) every job's
+    recorded recipe against the last plan's."""
     base = Path(base)
-    producers = load_records(Path(base) / results_dir if not Path(results_dir).is_absolute() else results_dir, base)
+    results = Path(results_dir) if Path(results_dir).is_absolute() else base / results_dir
+    producers = load_records(results, base)
     key = _norm(str(target), base)
     if key not in producers:
         raise ValueError(f"{target}: no provenance record produced this file (is it a workflow output under {results_dir}?)")
@@ -158,7 +163,20 @@ def audit(
             for k, paths in items.items():
                 for p, digest in paths.items():
                     node.links.append(Link(role, k, p, digest, current_hash(_norm(p, base))))
-        node.config_changes = _config_changes(record.get("stage", ""), record.get("config", {}), config)
+        if use_plan:
+            d = decision(record, base)
+            if d is None:
+                node.changes = ["not in the current configuration's plan"]
+            elif d.get("recorded") != record.get("fingerprint") and record.get("fingerprint"):
+                node.changes = ["the last plan saw another version of this record: run the plan again"]
+            else:
+                node.changes = [c for c in d.get("changed", []) if not c.startswith("upstream ")]
+        if any(l.role == "input" and l.key == "audio" and l.status != "ok" for l in node.links) \
+                and node.stage == "prepare":
+            files = changed_raw_files(record, base)
+            shown = files[:MAX_NAMED_FILES] + ([f"... {len(files) - MAX_NAMED_FILES} more"]
+                                               if len(files) > MAX_NAMED_FILES else [])
+            node.changes += [f"raw audio {f} changed" for f in shown]
         parents = []
         for link in node.links:
             if link.role == "input":
@@ -173,7 +191,7 @@ def audit(
 
 
 def stale_records(root: Node) -> list[str]:
-    """Record files of every job in the tree whose own links or config changed."""
+    """Record files of every job in the tree whose own links or recipe changed."""
     seen, out = set(), []
 
     def walk(n: Node):
@@ -190,44 +208,42 @@ def stale_records(root: Node) -> list[str]:
 
 
 def render(root: Node, *, verbose: bool = False) -> str:
-    """A human-readable tree, newest job first, with ✓/✗ per link."""
+    """A human-readable tree, newest job first, with ✓/✗ per link and one line per change."""
     lines: list[str] = []
     printed: set[str] = set()
 
     def describe(n: Node) -> str:
         r, v = n.record, n.volatile
-        wc = ", ".join(f"{k}={v}" for k, v in r.get("wildcards", {}).items())
         code = (r.get("code") or {}).get("package_sha256", "?")[:10]
         torch_v = r.get("packages", {}).get("torch")
         status = "STALE" if n.stale else "ok"
         if not v:
             where = "when/where not recorded on this machine"
         else:
-            git = v.get("git") or {}
-            slurm = v.get("slurm") or {}
-            host = v.get("host") or {}
+            git, slurm, host = v.get("git") or {}, v.get("slurm") or {}, v.get("host") or {}
             where = f"at {v.get('created', '?')} on {host.get('hostname', '?')}"
             if slurm:
                 where += f", SLURM job {slurm.get('slurm_job_id')}"
             if host.get("gpus"):
                 where += f", GPU {', '.join(host['gpus'])}"
             where += "; git " + (git.get("git_commit") or "none")[:10] + (" (dirty)" if git.get("git_dirty") else "")
-        return f"[{status}] {n.stage}({wc}) {where}; code {code}; torch {torch_v}"
+        fp = (r.get("fingerprint") or "none")[:12]
+        return f"[{status}] {n.job} {where}; recipe {fp}; code {code}; torch {torch_v}"
 
     def walk(n: Node, depth: int):
         pad = "  " * depth
         if n.record_path in printed:
-            lines.append(f"{pad}↳ {n.stage}({', '.join(f'{k}={v}' for k, v in n.record.get('wildcards', {}).items())}) (see above)")
+            lines.append(f"{pad}↳ {n.job} (see above)")
             return
         printed.add(n.record_path)
         lines.append(pad + describe(n))
         for link in n.links:
-            # Always show raw inputs (audio, metadata, code) and anything that changed.
+            # Always show raw inputs (audio, metadata) and anything that changed.
             if link.status != "ok" or verbose or (link.role == "input" and not link.produced):
                 mark = {"ok": "✓", "changed": "✗ changed", "missing": "✗ missing"}[link.status]
                 lines.append(f"{pad}    {mark} {link.role} {link.key}: {link.path} sha256 {link.recorded[:12]}")
-        for c in n.config_changes:
-            lines.append(f"{pad}    ✗ config {c}")
+        for c in n.changes:
+            lines.append(f"{pad}    ✗ {c}")
         for p in n.parents:
             walk(p, depth + 1)
 
@@ -242,15 +258,17 @@ def to_dict(root: Node) -> dict:
         if n.record_path not in seen:
             seen[n.record_path] = {
                 "record": n.record_path,
+                "job": n.job,
                 "stage": n.stage,
                 "wildcards": n.record.get("wildcards", {}),
+                "fingerprint": n.record.get("fingerprint"),
                 "stale": n.stale,
                 "own_ok": n.own_ok,
                 "links": [
                     {"role": l.role, "key": l.key, "path": l.path, "status": l.status, "sha256": l.recorded}
                     for l in n.links
                 ],
-                "config_changes": n.config_changes,
+                "changes": n.changes,
                 "code": n.record.get("code"),
                 "packages": n.record.get("packages"),
                 "volatile": n.volatile,
@@ -262,4 +280,3 @@ def to_dict(root: Node) -> dict:
 
     conv(root)
     return {"target": root.record_path, "stale": root.stale, "jobs": list(seen.values())}
-
