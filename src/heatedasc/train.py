@@ -218,6 +218,37 @@ def _train_value(train_cfg: dict, key: str) -> Any:
 
 
 
+# ------------------------------------------------------------------------------- run description
+
+
+@dataclass(frozen=True, eq=False)
+class RunSpec:
+    """One run, validated and resolved once by run_training: what _train_and_write trains and writes."""
+
+    train: FeatureCache
+    test: FeatureCache
+    fit_rows: np.ndarray            # training-cache rows that are trained on
+    val_rows: np.ndarray | None     # training-cache rows that validate (holdout); None: the test cache validates
+    train_labels: np.ndarray        # label of every training-cache row
+    train_devices: np.ndarray       # device letter of every training-cache row
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loss: str
+    temperature: float
+    seed: int
+    correction: str
+    scenes: tuple[str, ...]
+    model_cfg: dict
+    cfg: dict                       # the train section, TRAIN_KEYS only
+    param_counts: tuple[int, int]   # (trainable, keras)
+    device: torch.device
+    out_dir: Path
+    run_hash: str                   # checkpoints of another hash are not resumed
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.scenes)
+
+
 # ----------------------------------------------------------------------------------- the loop
 
 
@@ -430,14 +461,14 @@ def run_training(
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    spec = RunSpec(
+        train=train, test=test, fit_rows=fit_rows, val_rows=val_rows, train_labels=train_labels_all,
+        train_devices=train_devices_all, loss_fn=loss_fn, loss=loss, temperature=temperature, seed=int(seed),
+        correction=correction, scenes=scenes, model_cfg=model_cfg, cfg=cfg,
+        param_counts=count_parameters(model_probe), device=device, out_dir=out_dir, run_hash=run_hash,
+    )
     try:
-        return _train_and_write(
-            train=train, test=test, fit_rows=fit_rows, val_rows=val_rows, loss_fn=loss_fn, cfg=cfg,
-            model_cfg=model_cfg, n_classes=n_classes, scenes=scenes, seed=int(seed), device=device,
-            out_dir=out_dir, run_hash=run_hash, temperature=temperature, loss=loss, correction=correction,
-            progress=progress, stop_after_epoch=stop_after_epoch, train_labels_all=train_labels_all,
-            train_devices_all=train_devices_all, param_counts=count_parameters(model_probe),
-        )
+        return _train_and_write(spec, progress=progress, stop_after_epoch=stop_after_epoch)
     finally:
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
@@ -464,15 +495,13 @@ def _selection_note(selection: str, monitor: str, holdout_fraction: float) -> st
     )
 
 
-def _train_and_write(
-    *, train: FeatureCache, test: FeatureCache, fit_rows: np.ndarray, val_rows: np.ndarray | None,
-    loss_fn: Callable, cfg: dict, model_cfg: dict, n_classes: int, scenes: tuple[str, ...], seed: int,
-    device: torch.device, out_dir: Path, run_hash: str, temperature: float, loss: str, correction: str,
-    progress: bool, stop_after_epoch: int | None, train_labels_all: np.ndarray, train_devices_all: np.ndarray,
-    param_counts: tuple[int, int],
-) -> dict:
+def _train_and_write(spec: RunSpec, *, progress: bool, stop_after_epoch: int | None) -> dict:
     from tqdm.auto import tqdm
 
+    cfg, device, out_dir, seed, n_classes = spec.cfg, spec.device, spec.out_dir, spec.seed, spec.n_classes
+    train, test, fit_rows, val_rows = spec.train, spec.test, spec.fit_rows, spec.val_rows
+    train_labels_all, train_devices_all = spec.train_labels, spec.train_devices
+    model_cfg, temperature, loss, correction = spec.model_cfg, spec.temperature, spec.loss, spec.correction
     epochs, batch_size = int(cfg["epochs"]), int(cfg["batch_size"])
     selection, monitor = cfg["selection"], cfg["monitor"]
     use_amp = bool(cfg["amp"]) and device.type == "cuda"
@@ -515,7 +544,7 @@ def _train_and_write(
     if resume_path.is_file():
         # CPU first: generator states must stay CPU tensors; load_state_dict moves the rest
         ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)
-        if ckpt.get("config_hash") == run_hash:
+        if ckpt.get("config_hash") == spec.run_hash:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -532,7 +561,7 @@ def _train_and_write(
         t0 = time.perf_counter()
         order = fit_rows_t[torch.randperm(len(fit_rows_t), generator=torch_gen)]
         train_loss = train_epoch(model, optimizer, scaler, runner, x_train, onehot, order, batch_size=batch_size,
-                                 mixup_alpha=alpha, np_rng=np_rng, loss_fn=loss_fn, weight_decay_l2=wd)
+                                 mixup_alpha=alpha, np_rng=np_rng, loss_fn=spec.loss_fn, weight_decay_l2=wd)
         val_logits, _ = runner.infer(val_x, val_sel, int(cfg["eval_batch_size"]))
         accs = device_accuracies(val_logits.argmax(axis=1), val_labels, val_devices)
         value = accs[monitor]
@@ -548,7 +577,7 @@ def _train_and_write(
                  epoch + 1, epochs, train_loss, lr, accs["acc_a"], accs["acc_b"], accs["acc_c"],
                  accs["avg_bc"], accs["overall"])
         bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{value:.3f}", lr=f"{lr:.2g}")
-        ckpt = {"config_hash": run_hash, "epoch": epoch + 1, "model": model.state_dict(),
+        ckpt = {"config_hash": spec.run_hash, "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": _rng_snapshot(torch_gen, np_rng), "history": history,
                 "best": best}
@@ -574,7 +603,7 @@ def _train_and_write(
         np.add.at(mat, (test_labels[sel], test_pred[sel]), 1)
         confusion[d] = mat.tolist()
     class_acc = {}
-    for k, scene in enumerate(scenes):
+    for k, scene in enumerate(spec.scenes):
         sel = test_labels == k
         class_acc[scene] = float((test_pred[sel] == k).mean()) if sel.any() else None  # None: no test rows
     metrics = {
@@ -584,7 +613,7 @@ def _train_and_write(
         "n_test": {d: int((test_devices == d).sum()) for d in DEVICES},
         "class_acc": class_acc, "confusion": confusion,
         "ece": expected_calibration_error(probs.astype(np.float64), test_labels),
-        "params_trainable": param_counts[0], "params_keras": param_counts[1],
+        "params_trainable": spec.param_counts[0], "params_keras": spec.param_counts[1],
         "best_epoch": int(best["epoch"]), "epochs_run": len(history), "selection": selection,
         "selection_note": _selection_note(selection, monitor, float(cfg["holdout_fraction"])),
         "monitor": monitor, "best_monitor_value": float(best["value"]),
@@ -598,7 +627,7 @@ def _train_and_write(
         torch.save({"state_dict": best["state"],
                     "meta": {"model_cfg": dict(model_cfg), "n_classes": n_classes, "temperature": temperature,
                              "loss": loss, "seed": seed, "best_epoch": int(best["epoch"]), "selection": selection,
-                             "monitor": monitor, "scenes": list(scenes)}}, tmp)
+                             "monitor": monitor, "scenes": list(spec.scenes)}}, tmp)
     with atomic_path(out_dir / "embeddings.npz") as tmp:
         np.savez(tmp, train_embeddings=train_emb.astype(np.float32), train_labels=train_labels_all,
                  train_devices=train_devices_all.astype(str), test_embeddings=test_emb.astype(np.float32),
