@@ -24,9 +24,11 @@ except ImportError:
 
 from heatedasc.model import ASCNet  # noqa: E402
 from heatedasc.train import (  # noqa: E402
-    HISTORY_COLUMNS, draw_mixup, expected_calibration_error, l2_penalty, load_feature_cache, make_optimizer,
-    make_plateau_scheduler, mixup_batch, run_training, select_holdout,
+    HISTORY_COLUMNS, BatchRunner, draw_epoch_mixup, draw_mixup, expected_calibration_error, l2_penalty,
+    load_feature_cache, make_optimizer, make_plateau_scheduler, mixup_batch, run_training, select_holdout,
+    train_epoch,
 )
+from heatedasc.losses import make_loss  # noqa: E402
 
 N_MELS, N_FRAMES = 24, 32  # smallest-ish input the paper's five blocks accept
 MODEL_CFG = dict(channels=[16, 32, 32, 64, 64], strides=[1, 2, 1, 2, 1], kernel_size=3,
@@ -112,6 +114,70 @@ def test_mixup_targets_sum_to_one_and_mix_pairs():
     # same seed, same draws
     lam2, partner2 = draw_mixup(np.random.default_rng(0), 32, 0.2)
     assert np.array_equal(lam, lam2) and np.array_equal(partner, partner2)
+
+
+def test_epoch_mixup_draw_equals_per_batch_draws_in_order():
+    rng_epoch, rng_batches = np.random.default_rng(5), np.random.default_rng(5)
+    lam, partner = draw_epoch_mixup(rng_epoch, 45, 16, 0.2)  # batches of 16, 16, 13
+    assert lam.dtype == np.float32 and partner.dtype == np.int64 and lam.shape == partner.shape == (45,)
+    for start, size in ((0, 16), (16, 16), (32, 13)):
+        lam_b, partner_b = draw_mixup(rng_batches, size, 0.2)
+        assert np.array_equal(lam[start:start + size], lam_b) and np.array_equal(partner[start:start + size], partner_b)
+    assert rng_epoch.bit_generator.state == rng_batches.bit_generator.state  # the next epoch draws the same too
+    assert [a.shape for a in draw_epoch_mixup(rng_epoch, 0, 16, 0.2)] == [(0,), (0,)]
+
+
+def _train_epoch_drawing_per_batch(model, optimizer, runner, x_train, onehot, order, *, batch_size, mixup_alpha,
+                                   np_rng, loss_fn, weight_decay_l2):
+    """The loop as it was before the per-epoch draw: a numpy draw and two host->device copies every batch."""
+    device = x_train.device
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        xb = runner.prepare(x_train[idx])
+        yb = onehot[idx]
+        lam, partner = draw_mixup(np_rng, len(idx), mixup_alpha)
+        lam_t = torch.from_numpy(lam).to(device)
+        xb, yb = mixup_batch(xb, yb, lam_t.to(xb.dtype), torch.from_numpy(partner).to(device))
+        yb = yb.float()
+        logits = model(xb)
+        batch_loss = loss_fn(logits.float(), yb) + l2_penalty(model, weight_decay_l2)
+        optimizer.zero_grad(set_to_none=True)
+        batch_loss.backward()
+        optimizer.step()
+        loss_sum += batch_loss.detach() * len(idx)
+    return float(loss_sum) / max(len(order), 1)
+
+
+def test_train_epoch_is_bit_identical_to_per_batch_mixup_draws():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(45, N_MELS, N_FRAMES)).astype(np.float16)
+    labels = np.arange(45) % 10
+    order = torch.from_numpy(rng.permutation(45))
+    loss_fn = make_loss("focal", temperature=10.0, gamma=1.0)
+    results = []
+    for loop in ("per_epoch", "per_batch"):
+        torch.manual_seed(0)
+        model = ASCNet(n_classes=10)
+        optimizer = make_optimizer(model, TRAIN_CFG)
+        runner = BatchRunner(model, torch.device("cpu"), None, False)
+        x = runner.to_device_features(features)
+        onehot = torch.nn.functional.one_hot(torch.from_numpy(labels), 10).float()
+        np_rng = np.random.default_rng([0, 0x313C])
+        kw = dict(batch_size=16, mixup_alpha=0.2, np_rng=np_rng, loss_fn=loss_fn, weight_decay_l2=1e-5)
+        losses = []
+        for _ in range(2):  # two epochs of 3 batches (16, 16, 13): the generator carries over between epochs
+            if loop == "per_epoch":
+                scaler = torch.amp.GradScaler("cuda", enabled=False)
+                losses.append(train_epoch(model, optimizer, scaler, runner, x, onehot, order, **kw))
+            else:
+                losses.append(_train_epoch_drawing_per_batch(model, optimizer, runner, x, onehot, order, **kw))
+        results.append((losses, model.state_dict(), np_rng.bit_generator.state))
+    (loss_new, state_new, rng_new), (loss_old, state_old, rng_old) = results
+    assert loss_new == loss_old  # exactly: same draws, same ops, same order
+    assert all(torch.equal(state_new[k], state_old[k]) for k in state_old)
+    assert rng_new == rng_old
 
 
 def test_plateau_schedule_reduces_after_patience_keras_semantics():

@@ -140,6 +140,24 @@ def draw_mixup(rng: np.random.Generator, batch_size: int, alpha: float) -> tuple
     return lam, partner
 
 
+def draw_epoch_mixup(
+    rng: np.random.Generator, n_rows: int, batch_size: int, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """An epoch's mixup draws at once: λ [n_rows] float32 and partner [n_rows] int64 (indices within each batch).
+
+    Batch by batch through draw_mixup, so the generator gives the same numbers in the same order as
+    per-batch draws; the loop copies them to the device once per epoch instead of twice per batch.
+    """
+    lams, partners = [], []
+    for start in range(0, n_rows, batch_size):
+        lam, partner = draw_mixup(rng, min(batch_size, n_rows - start), alpha)
+        lams.append(lam)
+        partners.append(partner)
+    if not lams:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    return np.concatenate(lams), np.concatenate(partners).astype(np.int64, copy=False)
+
+
 def mixup_batch(
     x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,14 +323,16 @@ def train_epoch(
     model.train()
     order = order.to(device)
     loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per batch
+    if mixup_alpha > 0:  # one host->device copy per epoch, none per batch
+        lam_np, partner_np = draw_epoch_mixup(np_rng, len(order), batch_size, mixup_alpha)
+        lam_all, partner_all = torch.from_numpy(lam_np).to(device), torch.from_numpy(partner_np).to(device)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         xb = runner.prepare(x_train[idx])
         yb = onehot[idx]
         if mixup_alpha > 0:
-            lam, partner = draw_mixup(np_rng, len(idx), mixup_alpha)
-            lam_t = torch.from_numpy(lam).to(device)
-            xb, yb = mixup_batch(xb, yb, lam_t.to(xb.dtype), torch.from_numpy(partner).to(device))
+            lam_t, partner = lam_all[start:start + batch_size], partner_all[start:start + batch_size]
+            xb, yb = mixup_batch(xb, yb, lam_t.to(xb.dtype), partner)
             yb = yb.float()
         with runner.autocast():
             logits = model(xb)
