@@ -37,7 +37,7 @@ LOSS_CFG = dict(gamma=1.0, focal_form="eq2")
 TRAIN_CFG = dict(epochs=3, batch_size=16, lr=0.5, rho=0.95, eps=1e-7, weight_decay_l2=1e-5, mixup_alpha=0.2,
                  plateau_factor=0.1, plateau_patience=16, plateau_min_delta=1e-3, monitor="avg_bc",
                  selection="test", holdout_fraction=0.25, deterministic=False, device="cpu", amp=True,
-                 channels_last=True, eval_batch_size=128)
+                 amp_dtype="bf16", channels_last=True, compile=True, compile_mode="default", eval_batch_size=128)
 
 
 def write_cache(folder, split, n, *, seed, n_classes=3, devices=("a", "b", "c"), shape=(N_MELS, N_FRAMES)):
@@ -499,3 +499,100 @@ def test_loop_learns_separable_data(cache, tmp_path):
     assert m["acc_overall"] > 0.8  # chance is 1/3
     hist = pd.read_csv(tmp_path / "l" / "history.csv")
     assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0]
+
+
+# --------------------------------------------------------------------------------- torch.compile
+
+
+def test_compiled_run_matches_eager_and_really_compiles(tmp_path, monkeypatch, caplog):
+    """train.compile on CPU (forced: it is CUDA-only by default) vs eager, same seed, one epoch of 3 steps.
+
+    Tolerance: relative 1e-5 on the training loss and 1e-5 absolute on logits of ~0.1. Measured here:
+    8e-8 relative and 7e-8 absolute — float32 rounding of reductions inductor orders differently — so
+    the bound leaves 100x room yet fails on any real difference in the computation (a lost mixup, a
+    missing L2 term or a wrong BatchNorm mode move the loss by >1e-3)."""
+    import torch._dynamo.utils
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    import heatedasc.train as tr
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # torch's own place, not the repository
+    folder = tmp_path / "cache"
+    cache48 = (folder, write_cache(folder, "train", 48, seed=0), write_cache(folder, "evaluate", 30, seed=1))
+    cfg = {"epochs": 1, "batch_size": 16}  # 3 equal batches: one training graph
+    eager = train(cache48, tmp_path / "eager", train_cfg=cfg)
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    monkeypatch.setattr(tr, "COMPILE_DEVICES", ("cuda", "cpu"))
+    with caplog.at_level("INFO", logger="heatedasc.train"):
+        compiled = train(cache48, tmp_path / "compiled", train_cfg=cfg)
+    # training step + evaluation of the 30 test rows + the final pass over the 48 training rows
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before == 3
+    assert "torch.compile default" in caplog.text and "torch.compile off" not in caplog.text
+    loss_eager = pd.read_csv(tmp_path / "eager" / "history.csv")["train_loss"]
+    loss_compiled = pd.read_csv(tmp_path / "compiled" / "history.csv")["train_loss"]
+    assert np.allclose(loss_compiled, loss_eager, rtol=1e-5, atol=0)
+    logits_eager = np.load(tmp_path / "eager" / "predictions.npz")["logits"]
+    logits_compiled = np.load(tmp_path / "compiled" / "predictions.npz")["logits"]
+    assert np.abs(logits_compiled - logits_eager).max() <= 1e-5
+    assert compiled["params_trainable"] == eager["params_trainable"]
+
+
+def test_compile_failure_stops_the_run_naming_the_switch(cache, tmp_path, monkeypatch):
+    import heatedasc.train as tr
+
+    def failing_backend(gm, example_inputs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(tr, "COMPILE_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(tr, "compile_fn", lambda fn, mode: torch.compile(fn, backend=failing_backend, fullgraph=True))
+    with pytest.raises(RuntimeError, match=r"(?s)^train\.compile: torch\.compile failed on the training step "
+                                           r"\(BackendCompilerFailed: .*no C\+\+ compiler.*\); "
+                                           r"set train\.compile: false to train without it$") as info:
+        train(cache, tmp_path / "boom", train_cfg={"epochs": 1})
+    assert isinstance(info.value.__cause__, torch._dynamo.exc.BackendCompilerFailed)
+    assert not (tmp_path / "boom" / "metrics.json").exists()
+
+
+def test_compile_cache_defaults_to_the_working_directory_and_an_explicit_one_wins(tmp_path, monkeypatch):
+    import os
+
+    import heatedasc.train as tr
+
+    compiled = tr.Runtime(amp_dtype=None, channels_last=False, compile_mode="default")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    with tr._compiler_settings(compiled, deterministic=True):
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".cache" / "torchinductor")
+        assert torch._inductor.config.deterministic and torch._dynamo.config.fail_on_recompile_limit_hit
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ and not torch._inductor.config.deterministic
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/shared/inductor")
+    with tr._compiler_settings(compiled, deterministic=False):
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/shared/inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/shared/inductor"
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    with tr._compiler_settings(tr.Runtime(None, False, None), deterministic=True):  # eager: nothing is set
+        assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+
+
+def test_runtime_is_eager_fp32_off_cuda_and_new_keys_are_checked(cache, tmp_path):
+    import heatedasc.train as tr
+
+    cfg = {**TRAIN_CFG, "amp": True, "amp_dtype": "fp16", "compile": True, "channels_last": True}
+    assert tr.resolve_runtime(cfg, torch.device("cpu")) == tr.Runtime(None, False, None)
+    assert tr.Runtime(torch.bfloat16, True, "default").describe() == {
+        "precision": "bf16 autocast", "channels_last": True, "torch.compile": "default"}
+    out = tmp_path / "bad"
+    with pytest.raises(ValueError, match=re.escape("train.amp_dtype must be one of ('bf16', 'fp16'), got 'fp8'")):
+        train(cache, out, train_cfg={"amp_dtype": "fp8"})
+    with pytest.raises(ValueError, match=re.escape(
+            "train.compile_mode must be one of ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs'), "
+            "got 'max-autotune'")):
+        train(cache, out, train_cfg={"compile_mode": "max-autotune"})
+    with pytest.raises(ValueError, match=re.escape("train.compile must be true or false, got 'yes'")):
+        train(cache, out, train_cfg={"compile": "yes"})
+    with pytest.raises(ValueError, match=re.escape("train.compile is missing from the training config")):
+        run_training(
+            train_npy=cache[1][0], train_index=cache[1][1], eval_npy=cache[2][0], eval_index=cache[2][1],
+            out_dir=out, temperature=1.0, loss="ce", seed=0, model_cfg=MODEL_CFG, loss_cfg=LOSS_CFG,
+            train_cfg={k: v for k, v in TRAIN_CFG.items() if k != "compile"}, progress=False)
+    assert not out.exists()
