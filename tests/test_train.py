@@ -596,3 +596,16 @@ def test_runtime_is_eager_fp32_off_cuda_and_new_keys_are_checked(cache, tmp_path
             out_dir=out, temperature=1.0, loss="ce", seed=0, model_cfg=MODEL_CFG, loss_cfg=LOSS_CFG,
             train_cfg={k: v for k, v in TRAIN_CFG.items() if k != "compile"}, progress=False)
     assert not out.exists()
+
+
+def test_a_job_given_a_gpu_torch_cannot_use_stops_before_reading_any_data(cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("SLURM_JOB_GPUS", "0")
+    gone = tmp_path / "gone" / "evaluate.npy"
+    with pytest.raises(ValueError, match=re.escape(
+            "train.device is 'auto' and this job was given a GPU (SLURM_JOB_GPUS=0), but torch ")):
+        train(cache, tmp_path / "run", train_cfg={"device": "auto"}, test=(gone, cache[2][1]))
+    assert not (tmp_path / "run").exists()
+    # the same job with an explicit CPU device trains (here: fails on the missing cache, as it should)
+    with pytest.raises(ValueError, match=re.escape(f"{gone}: feature cache not found")):
+        train(cache, tmp_path / "run", train_cfg={"device": "cpu"}, test=(gone, cache[2][1]))
