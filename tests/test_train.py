@@ -505,7 +505,8 @@ def test_loop_learns_separable_data(cache, tmp_path):
 
 
 def test_compiled_run_matches_eager_and_really_compiles(tmp_path, monkeypatch, caplog):
-    """train.compile on CPU (forced: it is CUDA-only by default) vs eager, same seed, one epoch of 3 steps.
+    """train.compile on CPU (forced: it is CUDA-only by default) vs eager, same seed, 2 epochs of 3 steps;
+    and a compiled run killed after epoch 1 and resumed equals the uninterrupted compiled run exactly.
 
     Tolerance: relative 1e-5 on the training loss and 1e-5 absolute on logits of ~0.1. Measured here:
     8e-8 relative and 7e-8 absolute — float32 rounding of reductions inductor orders differently — so
@@ -519,7 +520,7 @@ def test_compiled_run_matches_eager_and_really_compiles(tmp_path, monkeypatch, c
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # torch's own place, not the repository
     folder = tmp_path / "cache"
     cache48 = (folder, write_cache(folder, "train", 48, seed=0), write_cache(folder, "evaluate", 30, seed=1))
-    cfg = {"epochs": 1, "batch_size": 16}  # 3 equal batches: one training graph
+    cfg = {"epochs": 2, "batch_size": 16, "deterministic": True}  # 3 equal batches: one training graph
     eager = train(cache48, tmp_path / "eager", train_cfg=cfg)
     graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     monkeypatch.setattr(tr, "COMPILE_DEVICES", ("cuda", "cpu"))
@@ -535,6 +536,17 @@ def test_compiled_run_matches_eager_and_really_compiles(tmp_path, monkeypatch, c
     logits_compiled = np.load(tmp_path / "compiled" / "predictions.npz")["logits"]
     assert np.abs(logits_compiled - logits_eager).max() <= 1e-5
     assert compiled["params_trainable"] == eager["params_trainable"]
+
+    killed = tmp_path / "killed"
+    assert train(cache48, killed, train_cfg=cfg, stop_after_epoch=1) == {"stopped_after_epoch": 1}
+    caplog.clear()
+    with caplog.at_level("INFO", logger="heatedasc.train"):
+        assert train(cache48, killed, train_cfg=cfg) == compiled
+    assert f"resuming {killed} after epoch 1" in caplog.text
+    assert np.array_equal(np.load(killed / "predictions.npz")["logits"], logits_compiled)
+    pd.testing.assert_frame_equal(pd.read_csv(killed / "history.csv").drop(columns="seconds"),
+                                  pd.read_csv(tmp_path / "compiled" / "history.csv").drop(columns="seconds"))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before == 3  # nothing recompiled
 
 
 def test_compile_failure_stops_the_run_naming_the_switch(cache, tmp_path, monkeypatch):
