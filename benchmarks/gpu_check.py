@@ -19,7 +19,7 @@ params.yaml's model/loss/train sections it measures, on synthetic caches of the 
 
 Everything goes to --out (gpu_check.log, *.csv, *.json, summary.md); the short table is printed last.
 
-    python benchmarks/gpu_check.py --out gpu_check                    # about 6-8 min on one H200
+    python benchmarks/gpu_check.py --out gpu_check                    # several minutes on one H200 (not yet timed)
     python benchmarks/gpu_check.py --out gpu_check --sections run,precision
     python benchmarks/gpu_check.py --quick --device cpu --out /tmp/gc # tiny shapes, ~1-2 min, no GPU needed
 """
@@ -79,8 +79,8 @@ def sizes(quick: bool) -> dict:
                     feat_clips=3, feat_seconds=1.0, feat_mels=64, feat_repeats=2, conc_clips=64, conc_batches=3,
                     signal=1.0, copy_mb=64)
     return dict(n_mels=256, n_frames=862, train=PAPER_TRAIN, eval=PAPER_EVAL, sub_train=2_560, sub_eval=1_280,
-                batch=64, eval_batch=None, epochs_run=3, epochs_check=4, tp_clips=2_560, tp_batches=40, tp_warmup=3,
-                eval_sizes=(128, 256, 512), feat_clips=16, feat_seconds=10.0, feat_mels=None, feat_repeats=5,
+                batch=64, eval_batch=None, epochs_run=3, epochs_check=4, tp_clips=2_560, tp_batches=30, tp_warmup=2,
+                eval_sizes=(128, 512), feat_clips=16, feat_seconds=10.0, feat_mels=None, feat_repeats=5,
                 conc_clips=1_024, conc_batches=40, signal=0.3, copy_mb=2048)
 
 
@@ -701,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--quick", action="store_true", help="tiny shapes (CPU-friendly): checks the script, not the GPU")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
-    ap.add_argument("--concurrent", default=None, help="process counts for the concurrency section (default 1,4; quick 2)")
+    ap.add_argument("--concurrent", default="2", help="comma list of process counts for the concurrency section")
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 with --quick, else all, <= 16)")
     ap.add_argument("--signal", type=float, default=None, help="synthetic class-texture amplitude (accuracy difficulty)")
@@ -718,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         ap.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
-    args.concurrent = [int(n) for n in (args.concurrent or ("2" if args.quick else "1,4")).split(",")]
+    args.concurrent = [int(n) for n in args.concurrent.split(",")]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((out / "torchinductor").resolve()))
