@@ -48,7 +48,7 @@ from heatedasc.losses import make_loss
 from heatedasc.model import ASCNet, block_output_shapes
 from heatedasc.runtime import cuda_diagnosis, nvidia_driver, resolve_device
 from heatedasc.train import (
-    AMP_DTYPES, BatchRunner, COMPILE_DEVICES, make_optimizer, resolve_runtime, run_training, train_epoch,
+    BatchRunner, COMPILE_DEVICES, make_optimizer, resolve_runtime, run_training, train_epoch,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -38,8 +38,9 @@ TRAIN_KEYS = (
 )
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-# torch.compile is used on these device types only. Not on CPU: the CPU results must stay bit-identical
-# to the eager loop's, and inductor's C++ compile (~30 s a graph on a small box) outweighs its gain there.
+# torch.compile is used on these device types only. Not on CPU: CPU results must stay bit-identical to the
+# eager loop's (inductor reorders float sums), and for the demo's tiny inputs inductor's C++ compile
+# (10-30 s a graph on a small box) outweighs the gain.
 COMPILE_DEVICES = ("cuda",)
 COMPILE_CACHE_DIR = Path(".cache") / "torchinductor"  # under the working directory, unless TORCHINDUCTOR_CACHE_DIR is set
 HISTORY_COLUMNS = (
@@ -241,7 +242,6 @@ def _train_value(train_cfg: dict, key: str) -> Any:
     return train_cfg[key]
 
 
-
 # ------------------------------------------------------------------------------- run description
 
 
@@ -294,7 +294,6 @@ def _compiler_settings(runtime: Runtime, *, deterministic: bool):
     finally:
         if cache_set:
             del os.environ["TORCHINDUCTOR_CACHE_DIR"]
-
 
 
 @dataclass(frozen=True, eq=False)
