@@ -41,6 +41,11 @@ def _config(tmp_path: Path, name: str) -> Path:
     cfg = json.loads(json.dumps(TINY))
     cfg["data"]["root"] = str(tmp_path / "data" / "synthetic")
     cfg["sweep"] = {"correction": ["ref_abc", "none"], "temperature": [1], "loss": ["focal"], "seed": [0]}
+    # The train jobs get a fake GPU (gres File=/dev/fakegpu0), so SLURM sets SLURM_JOB_GPUS and
+    # CUDA_VISIBLE_DEVICES in them on a machine without CUDA; `auto` would rightly stop such a job
+    # (runtime.resolve_device), so this test names the CPU explicitly.
+    cfg["train"]["device"] = "cpu"
+    cfg["features"]["device"] = "cpu"
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     return path

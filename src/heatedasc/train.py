@@ -33,8 +33,15 @@ MONITORS = ("avg_bc", "overall")
 TRAIN_KEYS = (
     "epochs", "batch_size", "lr", "rho", "eps", "weight_decay_l2", "mixup_alpha", "plateau_factor",
     "plateau_patience", "plateau_min_delta", "monitor", "selection", "holdout_fraction", "deterministic",
-    "device", "amp", "channels_last", "eval_batch_size",
+    "device", "amp", "amp_dtype", "channels_last", "compile", "compile_mode", "eval_batch_size",
 )
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+# torch.compile is used on these device types only. Not on CPU: CPU results must stay bit-identical to the
+# eager loop's (inductor reorders float sums), and for the demo's tiny inputs inductor's C++ compile
+# (10-30 s a graph on a small box) outweighs the gain.
+COMPILE_DEVICES = ("cuda",)
+COMPILE_CACHE_DIR = Path(".cache") / "torchinductor"  # under the working directory, unless TORCHINDUCTOR_CACHE_DIR is set
 HISTORY_COLUMNS = (
     "epoch", "train_loss", "lr", "val_acc_a", "val_acc_b", "val_acc_c", "val_avg_bc", "val_overall", "seconds",
 )
@@ -98,6 +105,24 @@ def draw_mixup(rng: np.random.Generator, batch_size: int, alpha: float) -> tuple
     return lam, partner
 
 
+def draw_epoch_mixup(
+    rng: np.random.Generator, n_rows: int, batch_size: int, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """An epoch's mixup draws at once: λ [n_rows] float32 and partner [n_rows] int64 (indices within each batch).
+
+    Batch by batch through draw_mixup, so the generator gives the same numbers in the same order as
+    per-batch draws; the loop copies them to the device once per epoch instead of twice per batch.
+    """
+    lams, partners = [], []
+    for start in range(0, n_rows, batch_size):
+        lam, partner = draw_mixup(rng, min(batch_size, n_rows - start), alpha)
+        lams.append(lam)
+        partners.append(partner)
+    if not lams:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    return np.concatenate(lams), np.concatenate(partners).astype(np.int64, copy=False)
+
+
 def mixup_batch(
     x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,15 +175,117 @@ def _train_value(train_cfg: dict, key: str) -> Any:
     return train_cfg[key]
 
 
+# ------------------------------------------------------------------------------- run description
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a run computes on its device: resolved once from the train config and the device."""
+
+    amp_dtype: torch.dtype | None   # autocast dtype; None: float32 throughout
+    channels_last: bool
+    compile_mode: str | None        # torch.compile mode; None: eager
+
+    def describe(self) -> dict:
+        precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.amp_dtype]
+        return {"precision": precision, "channels_last": self.channels_last,
+                "torch.compile": self.compile_mode or "off"}
+
+
+def resolve_runtime(cfg: dict, device: torch.device) -> Runtime:
+    """AMP, channels_last and torch.compile apply on CUDA only (COMPILE_DEVICES); elsewhere the run is eager fp32."""
+    amp_dtype = None
+    if cfg["amp"] and device.type == "cuda":
+        amp_dtype = AMP_DTYPES[cfg["amp_dtype"]]
+        if amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
+            raise ValueError(
+                f"train.amp_dtype is 'bf16' but {torch.cuda.get_device_name(device)} has no native bfloat16; "
+                "set train.amp_dtype: fp16 (or train.amp: false)"
+            )
+    compile_mode = cfg["compile_mode"] if cfg["compile"] and device.type in COMPILE_DEVICES else None
+    return Runtime(amp_dtype, bool(cfg["channels_last"]) and device.type == "cuda", compile_mode)
+
+
+@contextlib.contextmanager
+def _compiler_settings(runtime: Runtime, *, deterministic: bool):
+    """For a compiled run: the shared compile cache, a recompile-limit hit as an error instead of a silent
+    eager fallback, and (deterministic) no timing-based kernel choices that change numerics."""
+    if runtime.compile_mode is None:
+        yield
+        return
+    import torch._dynamo.config
+    import torch._inductor.config
+
+    cache_set = "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    if cache_set:  # every job of a sweep runs in the workflow's directory: they share one cache
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(COMPILE_CACHE_DIR.resolve())
+    log.info("torch.compile cache: %s", os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    try:
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True), \
+                torch._inductor.config.patch(deterministic=deterministic):
+            yield
+    finally:
+        if cache_set:
+            del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
+@dataclass(frozen=True, eq=False)
+class RunSpec:
+    """One run, validated and resolved once by run_training: what _train_and_write trains and writes."""
+
+    train: FeatureCache
+    test: FeatureCache
+    fit_rows: np.ndarray            # training-cache rows that are trained on
+    val_rows: np.ndarray | None     # training-cache rows that validate (holdout); None: the test cache validates
+    train_labels: np.ndarray        # label of every training-cache row
+    train_devices: np.ndarray       # device letter of every training-cache row
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loss: str
+    temperature: float
+    seed: int
+    correction: str
+    scenes: tuple[str, ...]
+    model_cfg: dict
+    cfg: dict                       # the train section, TRAIN_KEYS only
+    param_counts: tuple[int, int]   # (trainable, keras)
+    device: torch.device
+    runtime: Runtime
+    out_dir: Path
+    run_hash: str                   # checkpoints of another hash are not resumed
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.scenes)
+
 
 # ----------------------------------------------------------------------------------- the loop
 
 
-class BatchRunner:
-    """Holds the device tensors and does batched forward passes."""
+def compile_fn(fn: Callable, mode: str) -> Callable:
+    """torch.compile as training uses it: one whole graph (a graph break is an error, never a silent eager
+    fallback) and static shapes (the last, smaller batch of an epoch gets its own graph)."""
+    return torch.compile(fn, mode=None if mode == "default" else mode, fullgraph=True, dynamic=False)
 
-    def __init__(self, model: ASCNet, device: torch.device, amp_dtype: torch.dtype | None, channels_last: bool):
+
+def _is_compile_error(exc: BaseException) -> bool:
+    if not isinstance(exc, RuntimeError):
+        return False
+    from torch._dynamo.exc import TorchDynamoException  # lazy: only a compiled run needs dynamo
+
+    return isinstance(exc, TorchDynamoException)
+
+
+class BatchRunner:
+    """Holds the device tensors and does batched forward passes (through torch.compile when compile_mode is set)."""
+
+    def __init__(self, model: ASCNet, device: torch.device, amp_dtype: torch.dtype | None, channels_last: bool,
+                 compile_mode: str | None = None):
         self.model, self.device, self.amp_dtype, self.channels_last = model, device, amp_dtype, channels_last
+        self.compile_mode = compile_mode
+        self._loss_step, self._forward_step = self._batch_loss, self._forward
+        if compile_mode is not None:
+            self._loss_step = compile_fn(self._batch_loss, compile_mode)
+            self._forward_step = compile_fn(self._forward, compile_mode)
 
     def to_device_features(self, array: np.ndarray) -> torch.Tensor:
         # float16 on every device (halves memory); each batch is cast to float32 in prepare() unless AMP is on
@@ -177,24 +304,56 @@ class BatchRunner:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def _batch_loss(self, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor | None, partner: torch.Tensor | None,
+                    loss_fn: Callable, weight_decay_l2: float) -> torch.Tensor:
+        xb = self.prepare(x)
+        if lam is not None:
+            xb, y = mixup_batch(xb, y, lam.to(xb.dtype), partner)
+            y = y.float()
+        with self.autocast():
+            logits = self.model(xb)
+        return loss_fn(logits.float(), y) + l2_penalty(self.model, weight_decay_l2)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.autocast():
+            return self.model.forward_with_embedding(self.prepare(x))
+
+    def _run(self, step: Callable, what: str, *args):
+        if self.compile_mode is None:
+            return step(*args)
+        torch.compiler.cudagraph_mark_step_begin()  # with CUDA graphs: earlier outputs may be overwritten now
+        try:
+            return step(*args)
+        except RuntimeError as exc:
+            if _is_compile_error(exc):
+                raise RuntimeError(
+                    f"train.compile: torch.compile failed on the {what} ({type(exc).__name__}: {str(exc).strip()}); "
+                    "set train.compile: false to train without it"
+                ) from exc
+            raise
+
+    def batch_loss(self, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor | None, partner: torch.Tensor | None,
+                   loss_fn: Callable, weight_decay_l2: float) -> torch.Tensor:
+        """Loss of one training batch x [B, M, T] (float16 cache rows), soft targets y [B, C]: mixup with
+        per-example weights lam [B] and partner [B] (lam None: no mixup), forward, loss + Keras L2."""
+        return self._run(self._loss_step, "training step", x, y, lam, partner, loss_fn, weight_decay_l2)
+
     @torch.no_grad()
     def infer(self, features: torch.Tensor, rows: np.ndarray | None, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Logits [N, C] and GAP embeddings [N, D] (float32, eval mode) for the given rows."""
         self.model.eval()
         n = features.shape[0] if rows is None else len(rows)
+        rows_t = None if rows is None else torch.as_tensor(rows, device=self.device)
         logits, embs = [], []
         for start in range(0, n, batch_size):
-            if rows is None:
-                xb = features[start:start + batch_size]
-            else:
-                xb = features[torch.as_tensor(rows[start:start + batch_size], device=self.device)]
-            with self.autocast():
-                lo, em = self.model.forward_with_embedding(self.prepare(xb))
-            logits.append(lo.float().cpu())
-            embs.append(em.float().cpu())
+            xb = features[start:start + batch_size] if rows_t is None else features[rows_t[start:start + batch_size]]
+            lo, em = self._run(self._forward_step, "evaluation forward pass", xb)
+            # copies: a CUDA-graph replay reuses its output memory; one device->host copy at the end
+            logits.append(lo.to(torch.float32, copy=True))
+            embs.append(em.to(torch.float32, copy=True))
         if not logits:
             return np.zeros((0, self.model.n_classes), np.float32), np.zeros((0, self.model.embedding_dim), np.float32)
-        return torch.cat(logits).numpy(), torch.cat(embs).numpy()
+        return torch.cat(logits).cpu().numpy(), torch.cat(embs).cpu().numpy()
 
 
 def train_epoch(
@@ -207,18 +366,15 @@ def train_epoch(
     model.train()
     order = order.to(device)
     loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per batch
+    lam_all = partner_all = None
+    if mixup_alpha > 0:  # one host->device copy per epoch, none per batch
+        lam_np, partner_np = draw_epoch_mixup(np_rng, len(order), batch_size, mixup_alpha)
+        lam_all, partner_all = torch.from_numpy(lam_np).to(device), torch.from_numpy(partner_np).to(device)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        xb = runner.prepare(x_train[idx])
-        yb = onehot[idx]
-        if mixup_alpha > 0:
-            lam, partner = draw_mixup(np_rng, len(idx), mixup_alpha)
-            lam_t = torch.from_numpy(lam).to(device)
-            xb, yb = mixup_batch(xb, yb, lam_t.to(xb.dtype), torch.from_numpy(partner).to(device))
-            yb = yb.float()
-        with runner.autocast():
-            logits = model(xb)
-        batch_loss = loss_fn(logits.float(), yb) + l2_penalty(model, weight_decay_l2)
+        stop = start + batch_size
+        idx = order[start:stop]
+        lam, partner = (None, None) if lam_all is None else (lam_all[start:stop], partner_all[start:stop])
+        batch_loss = runner.batch_loss(x_train[idx], onehot[idx], lam, partner, loss_fn, weight_decay_l2)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(batch_loss).backward()
         scaler.step(optimizer)
@@ -285,6 +441,16 @@ def run_training(
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if int(cfg[key]) < 1:
             raise ValueError(f"train.{key} must be >= 1, got {cfg[key]}")
+    if cfg["amp_dtype"] not in AMP_DTYPES:
+        raise ValueError(f"train.amp_dtype must be one of {tuple(AMP_DTYPES)}, got {cfg['amp_dtype']!r}")
+    if cfg["compile_mode"] not in COMPILE_MODES:
+        raise ValueError(f"train.compile_mode must be one of {COMPILE_MODES}, got {cfg['compile_mode']!r}")
+    for key in ("amp", "channels_last", "compile", "deterministic"):
+        if not isinstance(cfg[key], bool):
+            raise ValueError(f"train.{key} must be true or false, got {cfg[key]!r}")
+    # A job that was given a GPU its torch cannot use stops here, before any data is read.
+    device = resolve_device(cfg["device"], "train.device")
+    runtime = resolve_runtime(cfg, device)
     scenes = tuple(SCENES)
     n_classes = len(scenes)
     train = load_feature_cache(train_npy, train_index)
@@ -348,11 +514,11 @@ def run_training(
         "eval_npy": _file_stamp(test.npy_path), "eval_index": _file_stamp(test.index_path),
         "temperature": temperature, "loss": loss, "seed": int(seed), "model": model_cfg, "loss_cfg": loss_cfg,
         "train": cfg, "n_classes": n_classes, "code": code_fingerprint(),
+        "runtime": runtime.describe(),  # a checkpoint made in other precision or compiled otherwise is not resumed
     }
     run_hash = config_hash(run_config)
 
-    # ---- device, determinism, threads
-    device = resolve_device(cfg["device"], "train.device")
+    # ---- determinism, threads, compiler settings (restored afterwards)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads)))
     prev_det = torch.are_deterministic_algorithms_enabled()
@@ -363,18 +529,26 @@ def run_training(
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    prev_tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    if device.type == "cuda" and runtime.amp_dtype is None:
+        # fp32 as the paper trained (Keras, 2019): no TF32 convolutions, which torch allows by default
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    log.info("train on %s: %s", device, ", ".join(f"{k} {v}" for k, v in runtime.describe().items()))
+    spec = RunSpec(
+        train=train, test=test, fit_rows=fit_rows, val_rows=val_rows, train_labels=train_labels_all,
+        train_devices=train_devices_all, loss_fn=loss_fn, loss=loss, temperature=temperature, seed=int(seed),
+        correction=correction, scenes=scenes, model_cfg=model_cfg, cfg=cfg,
+        param_counts=count_parameters(model_probe), device=device, runtime=runtime, out_dir=out_dir,
+        run_hash=run_hash,
+    )
     try:
-        return _train_and_write(
-            train=train, test=test, fit_rows=fit_rows, val_rows=val_rows, loss_fn=loss_fn, cfg=cfg,
-            model_cfg=model_cfg, n_classes=n_classes, scenes=scenes, seed=int(seed), device=device,
-            out_dir=out_dir, run_hash=run_hash, temperature=temperature, loss=loss, correction=correction,
-            progress=progress, stop_after_epoch=stop_after_epoch, train_labels_all=train_labels_all,
-            train_devices_all=train_devices_all, param_counts=count_parameters(model_probe),
-        )
+        with _compiler_settings(runtime, deterministic=cfg["deterministic"]):
+            return _train_and_write(spec, progress=progress, stop_after_epoch=stop_after_epoch)
     finally:
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev_cudnn
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev_tf32
 
 
 def _selection_note(selection: str, monitor: str, holdout_fraction: float) -> str:
@@ -397,22 +571,16 @@ def _selection_note(selection: str, monitor: str, holdout_fraction: float) -> st
     )
 
 
-def _train_and_write(
-    *, train: FeatureCache, test: FeatureCache, fit_rows: np.ndarray, val_rows: np.ndarray | None,
-    loss_fn: Callable, cfg: dict, model_cfg: dict, n_classes: int, scenes: tuple[str, ...], seed: int,
-    device: torch.device, out_dir: Path, run_hash: str, temperature: float, loss: str, correction: str,
-    progress: bool, stop_after_epoch: int | None, train_labels_all: np.ndarray, train_devices_all: np.ndarray,
-    param_counts: tuple[int, int],
-) -> dict:
+def _train_and_write(spec: RunSpec, *, progress: bool, stop_after_epoch: int | None) -> dict:
     from tqdm.auto import tqdm
 
+    cfg, device, out_dir, seed, n_classes = spec.cfg, spec.device, spec.out_dir, spec.seed, spec.n_classes
+    train, test, fit_rows, val_rows = spec.train, spec.test, spec.fit_rows, spec.val_rows
+    train_labels_all, train_devices_all = spec.train_labels, spec.train_devices
+    model_cfg, temperature, loss, correction = spec.model_cfg, spec.temperature, spec.loss, spec.correction
     epochs, batch_size = int(cfg["epochs"]), int(cfg["batch_size"])
     selection, monitor = cfg["selection"], cfg["monitor"]
-    use_amp = bool(cfg["amp"]) and device.type == "cuda"
-    amp_dtype = None
-    if use_amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    channels_last = bool(cfg["channels_last"]) and device.type == "cuda"
+    amp_dtype, channels_last = spec.runtime.amp_dtype, spec.runtime.channels_last
 
     torch.manual_seed(seed)
     model = ASCNet(n_classes=n_classes, **model_cfg).to(device)
@@ -425,7 +593,7 @@ def _train_and_write(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     torch_gen = torch.Generator().manual_seed(seed)
     np_rng = np.random.default_rng([seed, 0x313C])
-    runner = BatchRunner(model, device, amp_dtype, channels_last)
+    runner = BatchRunner(model, device, amp_dtype, channels_last, spec.runtime.compile_mode)
 
     # ---- whole caches on the device once
     x_train = runner.to_device_features(train.features)
@@ -448,7 +616,7 @@ def _train_and_write(
     if resume_path.is_file():
         # CPU first: generator states must stay CPU tensors; load_state_dict moves the rest
         ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)
-        if ckpt.get("config_hash") == run_hash:
+        if ckpt.get("config_hash") == spec.run_hash:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -465,7 +633,7 @@ def _train_and_write(
         t0 = time.perf_counter()
         order = fit_rows_t[torch.randperm(len(fit_rows_t), generator=torch_gen)]
         train_loss = train_epoch(model, optimizer, scaler, runner, x_train, onehot, order, batch_size=batch_size,
-                                 mixup_alpha=alpha, np_rng=np_rng, loss_fn=loss_fn, weight_decay_l2=wd)
+                                 mixup_alpha=alpha, np_rng=np_rng, loss_fn=spec.loss_fn, weight_decay_l2=wd)
         val_logits, _ = runner.infer(val_x, val_sel, int(cfg["eval_batch_size"]))
         accs = device_accuracies(val_logits.argmax(axis=1), val_labels, val_devices)
         value = accs[monitor]
@@ -481,7 +649,7 @@ def _train_and_write(
                  epoch + 1, epochs, train_loss, lr, accs["acc_a"], accs["acc_b"], accs["acc_c"],
                  accs["avg_bc"], accs["overall"])
         bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{value:.3f}", lr=f"{lr:.2g}")
-        ckpt = {"config_hash": run_hash, "epoch": epoch + 1, "model": model.state_dict(),
+        ckpt = {"config_hash": spec.run_hash, "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": _rng_snapshot(torch_gen, np_rng), "history": history,
                 "best": best}
@@ -507,7 +675,7 @@ def _train_and_write(
         np.add.at(mat, (test_labels[sel], test_pred[sel]), 1)
         confusion[d] = mat.tolist()
     class_acc = {}
-    for k, scene in enumerate(scenes):
+    for k, scene in enumerate(spec.scenes):
         sel = test_labels == k
         class_acc[scene] = float((test_pred[sel] == k).mean()) if sel.any() else None  # None: no test rows
     metrics = {
@@ -517,7 +685,7 @@ def _train_and_write(
         "n_test": {d: int((test_devices == d).sum()) for d in DEVICES},
         "class_acc": class_acc, "confusion": confusion,
         "ece": expected_calibration_error(probs.astype(np.float64), test_labels),
-        "params_trainable": param_counts[0], "params_keras": param_counts[1],
+        "params_trainable": spec.param_counts[0], "params_keras": spec.param_counts[1],
         "best_epoch": int(best["epoch"]), "epochs_run": len(history), "selection": selection,
         "selection_note": _selection_note(selection, monitor, float(cfg["holdout_fraction"])),
         "monitor": monitor, "best_monitor_value": float(best["value"]),
@@ -531,7 +699,7 @@ def _train_and_write(
         torch.save({"state_dict": best["state"],
                     "meta": {"model_cfg": dict(model_cfg), "n_classes": n_classes, "temperature": temperature,
                              "loss": loss, "seed": seed, "best_epoch": int(best["epoch"]), "selection": selection,
-                             "monitor": monitor, "scenes": list(scenes)}}, tmp)
+                             "monitor": monitor, "scenes": list(spec.scenes)}}, tmp)
     with atomic_path(out_dir / "embeddings.npz") as tmp:
         np.savez(tmp, train_embeddings=train_emb.astype(np.float32), train_labels=train_labels_all,
                  train_devices=train_devices_all.astype(str), test_embeddings=test_emb.astype(np.float32),
