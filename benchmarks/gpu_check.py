@@ -240,7 +240,10 @@ def time_eval(x: torch.Tensor, *, model_cfg: dict, device: torch.device, amp_dty
 
 
 def history(out_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(out_dir / "history.csv")
+    """history.csv with the seconds per epoch (kept beside it in train.EPOCH_SECONDS) joined in."""
+    from heatedasc.train import EPOCH_SECONDS
+
+    return pd.read_csv(out_dir / "history.csv").merge(pd.read_csv(out_dir / EPOCH_SECONDS), on="epoch")
 
 
 def run(caches: tuple, out_dir: Path, *, params: dict, train_cfg: dict, seed: int = 0, **kw) -> dict:

@@ -7,6 +7,8 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import REPO
 import torch
 
 torch.set_num_threads(1)
@@ -355,7 +357,15 @@ def test_resume_after_kill_gives_identical_metrics(baseline, cache, tmp_path, ca
     assert not (out / ".resume").exists()
     hist = pd.read_csv(out / "history.csv")
     base = pd.read_csv(baseline[0] / "history.csv")
-    pd.testing.assert_frame_equal(hist.drop(columns="seconds"), base.drop(columns="seconds"))
+    pd.testing.assert_frame_equal(hist, base)
+    # Every tracked output is byte-identical to the uninterrupted run's (DVC's lock cannot tell them apart);
+    # the seconds per epoch, which differ, live apart and are not tracked.
+    for name in ("history.csv", "model.pt", "embeddings.npz", "predictions.npz", "metrics.json"):
+        assert (out / name).read_bytes() == (baseline[0] / name).read_bytes(), name
+    assert "seconds" not in hist.columns
+    seconds = pd.read_csv(out / "epoch_seconds.csv")
+    assert list(seconds["epoch"]) == [1, 2, 3] and (seconds["seconds"] > 0).all()
+    assert "epoch_seconds.csv" in (REPO / ".dvcignore").read_text().split()
 
 
 def test_resume_restores_the_lr_schedule(cache, tmp_path, caplog):
@@ -369,8 +379,8 @@ def test_resume_restores_the_lr_schedule(cache, tmp_path, caplog):
     with caplog.at_level("INFO", logger="heatedasc.train"):
         assert train(cache, out, train_cfg=cfg) == whole
     assert f"resuming {out} after epoch 3" in caplog.text
-    pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv").drop(columns="seconds"),
-                                  pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds"))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"),
+                                  pd.read_csv(tmp_path / "whole" / "history.csv"))
 
 
 def test_every_epoch_reshuffles_all_training_rows(cache, tmp_path, monkeypatch):
@@ -418,8 +428,8 @@ def test_holdout_keeps_test_set_out_of_selection(cache, tmp_path):
     cfg = {"selection": "holdout"}
     m1 = train(cache, tmp_path / "h1", train_cfg=cfg)
     m2 = train(cache, tmp_path / "h2", train_cfg=cfg, test=other_test)
-    h1 = pd.read_csv(tmp_path / "h1" / "history.csv").drop(columns="seconds")
-    h2 = pd.read_csv(tmp_path / "h2" / "history.csv").drop(columns="seconds")
+    h1 = pd.read_csv(tmp_path / "h1" / "history.csv")
+    h2 = pd.read_csv(tmp_path / "h2" / "history.csv")
     pd.testing.assert_frame_equal(h1, h2)  # training, validation and LR never saw the test set
     assert m1["best_epoch"] == m2["best_epoch"] and m1["best_monitor_value"] == m2["best_monitor_value"]
     assert m1["selection"] == "holdout" and "not used" in m1["selection_note"]
@@ -563,8 +573,8 @@ def test_compiled_run_matches_eager_and_really_compiles(tmp_path, monkeypatch, c
         assert train(cache48, killed, train_cfg=cfg) == compiled
     assert f"resuming {killed} after epoch 1" in caplog.text
     assert np.array_equal(np.load(killed / "predictions.npz")["logits"], logits_compiled)
-    pd.testing.assert_frame_equal(pd.read_csv(killed / "history.csv").drop(columns="seconds"),
-                                  pd.read_csv(tmp_path / "compiled" / "history.csv").drop(columns="seconds"))
+    pd.testing.assert_frame_equal(pd.read_csv(killed / "history.csv"),
+                                  pd.read_csv(tmp_path / "compiled" / "history.csv"))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before == 3  # nothing recompiled
 
 

@@ -8,15 +8,22 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import soundfile as sf
 
 from heatedasc.fileio import atomic_path
+
+
+def _soundfile():
+    """soundfile, imported when audio is read or written: the feature extractor itself (and a bare CUDA
+    machine running benchmarks/gpu_check.py) does not need libsndfile."""
+    import soundfile
+
+    return soundfile
 
 
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Read a sound file as float32 ``[channels, samples]`` and its sample rate."""
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        data, sr = _soundfile().read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError for bad files
         raise ValueError(f"{path}: cannot read audio ({exc})") from exc
     return np.ascontiguousarray(data.T), int(sr)
@@ -86,7 +93,7 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray, sr: int, subtype: str =
     wave = np.asarray(wave)
     data = wave.T if wave.ndim == 2 else wave
     with atomic_path(Path(path)) as tmp:
-        sf.write(str(tmp), data, int(sr), subtype=subtype, format="WAV")
+        _soundfile().write(str(tmp), data, int(sr), subtype=subtype, format="WAV")
 
 
 # ------------------------------------------------------------------------------ prepared clips
@@ -98,7 +105,7 @@ def audio_path(audio_dir: str | os.PathLike, filename: str) -> Path:
 def read_wave(path: str | os.PathLike, expected_length: int | None = None) -> np.ndarray:
     """One mono float32 waveform; ValueError naming the file if unreadable, not mono or off-length."""
     try:
-        x, _ = sf.read(str(path), dtype="float32", always_2d=False)
+        x, _ = _soundfile().read(str(path), dtype="float32", always_2d=False)
     except Exception as exc:  # soundfile raises several types; name the file either way
         raise ValueError(f"{path}: cannot read audio ({exc})") from exc
     if x.ndim != 1:

@@ -59,6 +59,19 @@ def write_text(target: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def save_torch(obj, target: str | os.PathLike) -> None:
+    """torch.save, atomically and reproducibly: saved to a file, torch names the archive's records after
+    the (random) temporary name; through a buffer it names them 'archive', so equal tensors give equal bytes."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
 def write_json(target: str | os.PathLike, obj, indent: int = 2) -> None:
     write_text(target, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
 

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,7 +20,7 @@ import pandas as pd
 import torch
 
 from heatedasc.feature_cache import FeatureCache, load_feature_cache
-from heatedasc.fileio import atomic_path, write_json, write_text
+from heatedasc.fileio import atomic_path, save_torch, write_json, write_text
 from heatedasc.losses import heated_softmax, make_loss
 from heatedasc.metrics import device_accuracies, expected_calibration_error
 from heatedasc.model import ASCNet, block_output_shapes, count_parameters
@@ -43,8 +44,10 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 COMPILE_DEVICES = ("cuda",)
 COMPILE_CACHE_DIR = Path(".cache") / "torchinductor"  # under the working directory, unless TORCHINDUCTOR_CACHE_DIR is set
 HISTORY_COLUMNS = (
-    "epoch", "train_loss", "lr", "val_acc_a", "val_acc_b", "val_acc_c", "val_avg_bc", "val_overall", "seconds",
+    "epoch", "train_loss", "lr", "val_acc_a", "val_acc_b", "val_acc_c", "val_avg_bc", "val_overall",
 )
+# Seconds per epoch: beside history.csv, but not a result (.dvcignore'd): an identical rerun takes other times.
+EPOCH_SECONDS = "epoch_seconds.csv"
 RESUME_DIR = ".resume"
 
 
@@ -693,13 +696,13 @@ def _train_and_write(spec: RunSpec, *, progress: bool, stop_after_epoch: int | N
 
     # ---- outputs, each atomic
     out_dir.mkdir(parents=True, exist_ok=True)
-    hist_df = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
-    write_text(out_dir / "history.csv", hist_df.to_csv(index=False))
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save({"state_dict": best["state"],
-                    "meta": {"model_cfg": dict(model_cfg), "n_classes": n_classes, "temperature": temperature,
-                             "loss": loss, "seed": seed, "best_epoch": int(best["epoch"]), "selection": selection,
-                             "monitor": monitor, "scenes": list(spec.scenes)}}, tmp)
+    hist_df = pd.DataFrame(history)
+    write_text(out_dir / "history.csv", hist_df[list(HISTORY_COLUMNS)].to_csv(index=False))
+    write_text(out_dir / EPOCH_SECONDS, hist_df[["epoch", "seconds"]].to_csv(index=False))
+    save_torch({"state_dict": best["state"],
+                "meta": {"model_cfg": dict(model_cfg), "n_classes": n_classes, "temperature": temperature,
+                         "loss": loss, "seed": seed, "best_epoch": int(best["epoch"]), "selection": selection,
+                         "monitor": monitor, "scenes": list(spec.scenes)}}, out_dir / "model.pt")
     with atomic_path(out_dir / "embeddings.npz") as tmp:
         np.savez(tmp, train_embeddings=train_emb.astype(np.float32), train_labels=train_labels_all,
                  train_devices=train_devices_all.astype(str), test_embeddings=test_emb.astype(np.float32),
