@@ -1,0 +1,180 @@
+"""The repository documents its own reproduction decisions (docs/reproduction.md): references into it name
+real sections, nothing points at a spec outside the repository, and the params.yaml keys and values the
+page cites are those of params.yaml / config/smoke.yaml, so the page cannot drift from the config silently."""
+
+import re
+
+import yaml
+
+from conftest import REPO
+
+DOC = REPO / "docs" / "reproduction.md"
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+SMOKE = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+
+# The repository's own text: code, workflow, configuration, docs and tests.
+SCANNED = ("src", "workflow", "config", "docs", "tests", "params.yaml", "README.md", "Snakefile", "dvc.yaml")
+SKIPPED_DIRS = {".venv", ".git", "results", "__pycache__", ".snakemake", ".pytest_cache"}
+# The worklist of replacements quotes the old references verbatim; it is deleted once they are applied.
+WORKLIST = REPO / "docs" / "spec_references.txt"
+# Pointers to the team-internal spec, spelt in pieces so that this file does not contain them itself.
+FORBIDDEN = (".." + "/shared", "SPEC" + ".md", "SPEC" + " §")
+
+SECTION_HEADING = re.compile(r"^## §(\d+) \S", re.MULTILINE)
+DOC_REFERENCE = re.compile(r"docs/reproduction\.md((?:\s*,?\s*§\d+(?:\s*[-–]\s*§?\d+)?)+)")
+SECTION_NUMBER = re.compile(r"§(\d+)(?:\s*[-–]\s*§?(\d+))?")
+BACKTICKED = re.compile(r"`([^`\n]+)`")
+DOTTED_NAME = re.compile(r"^[a-z_][a-z0-9_]*(?:\.[A-Za-z0-9_]+)+$")
+# Dotted names in backticks that are files or code, not params.yaml keys.
+FILE_SUFFIXES = {"csv", "html", "json", "lock", "md", "npy", "npz", "pdf", "png", "pt", "py", "smk", "txt", "yaml", "yml"}
+CODE_NAMESPACES = {"heatedasc", "librosa", "np", "numpy", "scipy", "tf", "torch", "torchaudio"}
+# Table columns whose backticked value must equal the configuration's (header text without backticks).
+VALUE_COLUMNS = {"value": PARAMS, "params.yaml": PARAMS, "config/smoke.yaml": SMOKE}
+
+
+def repository_texts():
+    """(path, text) of every UTF-8 file under SCANNED, build and result folders left out."""
+    for entry in SCANNED:
+        root = REPO / entry
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in files:
+            parts = path.relative_to(REPO).parts
+            if any(p in SKIPPED_DIRS or p.endswith(".egg-info") for p in parts) or path == WORKLIST:
+                continue
+            try:
+                yield path, path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue  # binary fixture
+
+
+def referenced_sections(text: str) -> list[int]:
+    """Section numbers named by every "docs/reproduction.md §a[-§b][, §c]" in text (ranges expanded)."""
+    numbers = []
+    for match in DOC_REFERENCE.finditer(text):
+        for first, last in SECTION_NUMBER.findall(match.group(1)):
+            numbers += range(int(first), int(last or first) + 1)
+    return numbers
+
+
+def lookup(config: dict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def cited_key(span: str) -> str | None:
+    """The params.yaml key a backticked span names (`a.b` or `a.b: value`), or None for files and code."""
+    name = span.split(":", 1)[0].strip()
+    if not DOTTED_NAME.match(name):
+        return None
+    parts = name.split(".")
+    if parts[-1] in FILE_SUFFIXES or parts[0] in CODE_NAMESPACES:
+        return None
+    return name
+
+
+def markdown_tables(text: str):
+    """Each table as (header cells, [(line number, row cells)]), backticks kept in the rows."""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("|") and i + 1 < len(lines) and re.match(r"^\|(\s*-+\s*\|)+$", lines[i + 1]):
+            header = [c.strip().strip("`") for c in lines[i].strip().strip("|").split("|")]
+            rows, j = [], i + 2
+            while j < len(lines) and lines[j].startswith("|"):
+                rows.append((j + 1, [c.strip() for c in lines[j].strip().strip("|").split("|")]))
+                j += 1
+            yield header, rows
+            i = j
+        else:
+            i += 1
+
+
+def test_reference_parser_expands_lists_and_ranges():
+    text = "see docs/reproduction.md §1–§3, §6 and docs/reproduction.md §10; not docs/reproduction.md alone"
+    assert referenced_sections(text) == [1, 2, 3, 6, 10]
+
+
+def test_reproduction_doc_has_sections_1_to_10_in_order():
+    assert [int(n) for n in SECTION_HEADING.findall(DOC.read_text())] == list(range(1, 11))
+
+
+def test_every_reference_into_the_doc_names_an_existing_section():
+    sections = {int(n) for n in SECTION_HEADING.findall(DOC.read_text())}
+    dangling, n_refs = [], 0
+    for path, text in repository_texts():
+        for line_no, line in enumerate(text.splitlines(), 1):
+            for number in referenced_sections(line):
+                n_refs += 1
+                if number not in sections:
+                    dangling.append(f"{path.relative_to(REPO)}:{line_no}: §{number}")
+    assert n_refs > 0, "no reference into docs/reproduction.md found: is the pattern still right?"
+    assert not dangling, "references to sections docs/reproduction.md lacks:\n" + "\n".join(dangling)
+
+
+def test_nothing_points_at_a_spec_outside_the_repository():
+    hits = [
+        f"{path.relative_to(REPO)}:{line_no}: {line.strip()}"
+        for path, text in repository_texts()
+        for line_no, line in enumerate(text.splitlines(), 1)
+        if any(word in line for word in FORBIDDEN)
+    ]
+    assert not hits, (
+        f"{len(hits)} line(s) still point at the team-internal spec (replace them as docs/spec_references.txt "
+        "lists):\n" + "\n".join(hits)
+    )
+
+
+def test_every_key_the_doc_cites_exists_in_the_config():
+    missing, cited = [], set()
+    for line_no, line in enumerate(DOC.read_text().splitlines(), 1):
+        for span in BACKTICKED.findall(line):
+            key = cited_key(span)
+            if key is None:
+                continue
+            cited.add(key)
+            try:
+                lookup(PARAMS, key)
+            except KeyError:
+                try:
+                    lookup(SMOKE, key)
+                except KeyError:
+                    missing.append(f"docs/reproduction.md:{line_no}: `{key}`")
+    assert len(cited) >= 60, f"only {len(cited)} keys recognised: is the pattern still right?"
+    assert not missing, "keys in neither params.yaml nor config/smoke.yaml:\n" + "\n".join(missing)
+
+
+def test_table_values_equal_the_config():
+    wrong, checked = [], 0
+    for header, rows in markdown_tables(DOC.read_text()):
+        if "key" not in header:
+            continue
+        value_columns = [(i, VALUE_COLUMNS[h], h) for i, h in enumerate(header) if h in VALUE_COLUMNS]
+        key_column = header.index("key")
+        for line_no, cells in rows:
+            keys = [k for k in map(cited_key, BACKTICKED.findall(cells[key_column])) if k]
+            if not keys:
+                continue
+            where = f"docs/reproduction.md:{line_no}"
+            if len(keys) > 1:
+                wrong.append(f"{where}: one key per row, got {keys}")
+                continue
+            for i, config, column in value_columns:
+                literal = re.match(r"^`([^`]+)`", cells[i])
+                if not literal:
+                    wrong.append(f"{where}: `{keys[0]}` has no backticked value in column '{column}'")
+                    continue
+                stated = yaml.safe_load(literal.group(1))
+                try:
+                    actual = lookup(config, keys[0])
+                except KeyError:
+                    wrong.append(f"{where}: `{keys[0]}` is not in {column if column != 'value' else 'params.yaml'}")
+                    continue
+                checked += 1
+                if stated != actual:
+                    wrong.append(f"{where}: `{keys[0]}` is {actual!r} in the config, the doc says {stated!r}")
+    assert checked >= 40, f"only {checked} table values checked: is the table layout still right?"
+    assert not wrong, "\n".join(wrong)
