@@ -1,6 +1,6 @@
 """Prepare + feature throughput: the project's batched path against a plain librosa reference.
 
-Recipe (SPEC §1, §3), the same on both sides: read the wav → mono / resample to 44.1 kHz / fix to
+Recipe (docs/reproduction.md §1, §3), the same on both sides: read the wav → mono / resample to 44.1 kHz / fix to
 10 s → remove DC → |STFT| (n_fft 2048, hop 512, periodic Hann, centre, reflect pad) → × c_d (per
 device) → 256-band Slaney mel → log(mel + 1e-7).
 

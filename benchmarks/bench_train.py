@@ -24,7 +24,7 @@ from heatedasc.losses import make_loss
 from heatedasc.model import ASCNet
 from heatedasc.train import AMP_DTYPES, COMPILE_MODES, BatchRunner, draw_mixup, l2_penalty, mixup_batch, train_epoch
 
-PAPER_EPOCH_CLIPS = 10_265  # fold1_train clips in TAU 2019 Mobile (SPEC §1)
+PAPER_EPOCH_CLIPS = 10_265  # fold1_train clips in TAU 2019 Mobile (docs/reproduction.md §1)
 
 
 def _sync(device: torch.device) -> None:

@@ -1,4 +1,4 @@
-"""params.yaml carries the SPEC's numbers; the schema and the cross-key checks reject bad configs by name."""
+"""params.yaml carries the reproduction decisions (docs/reproduction.md); the schema and the cross-key checks reject bad configs by name."""
 
 import copy
 
@@ -12,7 +12,7 @@ from heatedasc.config import check_consistency
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
-# SPEC §1-§8, key by key: the paper configuration is params.yaml's defaults, never literals in code.
+# docs/reproduction.md §1-§8, key by key: the paper configuration is params.yaml's defaults, never literals in code.
 SPEC_DEFAULTS = {
     "data.sample_rate": 44100, "data.duration_s": 10.0, "data.devices": ["a", "b", "c"],
     "correction.estimator": "ratio_of_means",

@@ -1,4 +1,4 @@
-"""Heated-up softmax, CE (eq. 1) and focal loss (eq. 2) on soft targets (SPEC §5)."""
+"""Heated-up softmax, CE (eq. 1) and focal loss (eq. 2) on soft targets (docs/reproduction.md §5)."""
 
 import math
 import re

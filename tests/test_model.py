@@ -1,4 +1,4 @@
-"""The paper CNN (SPEC §4): shapes, parameter counts, Keras BatchNorm, Glorot init."""
+"""The paper CNN (docs/reproduction.md §4): shapes, parameter counts, Keras BatchNorm, Glorot init."""
 
 import math
 

@@ -150,7 +150,7 @@ def test_table3_quoted_rows_and_reproduction_rows(partial):
     assert "| DCASE2019 baseline | quoted from paper |" in md
 
 
-# SPEC §9, typed in from the spec (not read from params.yaml): the tables must print exactly these.
+# docs/reproduction.md §9, typed in from the spec (not read from params.yaml): the tables must print exactly these.
 SPEC_TABLE2 = {("Ref.ABC", "focal"): (72.3, 67.6), ("Ref.BC", "focal"): (70.27, 65.9), ("NoCorrection", "focal"): (71.6, 58.6),
                ("Ref.ABC", "ce"): (72.1, 67.3), ("Ref.BC", "ce"): (72.0, 66.4), ("NoCorrection", "ce"): (70.4, 58.4)}
 SPEC_TABLE3_OURS = {"Ref.ABC_T10": (73.4, 66.5, 73.7, 70.1), "Ref.ABC_T15": (72.3, 66.9, 72.6, 69.7),

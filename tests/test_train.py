@@ -1,4 +1,4 @@
-"""Training loop (SPEC §6) and run outputs (SPEC §7) on a tiny synthetic feature cache."""
+"""Training loop (docs/reproduction.md §6) and run outputs (docs/reproduction.md §7) on a tiny synthetic feature cache."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""Spectrum correction (SPEC §2): per-device coefficients c_d(f) = R(f) / S_d(f) from parallel recordings."""
+"""Spectrum correction (docs/reproduction.md §2): per-device coefficients c_d(f) = R(f) / S_d(f) from parallel recordings."""
 
 from __future__ import annotations
 

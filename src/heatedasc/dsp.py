@@ -1,4 +1,4 @@
-"""Signal-processing primitives below both the spectrum correction and the features (SPEC §2-§3):
+"""Signal-processing primitives below both the spectrum correction and the features (docs/reproduction.md §2-§3):
 the per-clip thread pool, the magnitude STFT (periodic Hann, centre, reflect pad) and the Slaney mel
 filterbank. Nothing here knows about devices, files or caches.
 """

@@ -1,4 +1,4 @@
-"""The feature cache on disk (SPEC §3): one float16 array (N, n_mels, n_frames) per (split, correction)
+"""The feature cache on disk (docs/reproduction.md §3): one float16 array (N, n_mels, n_frames) per (split, correction)
 and a CSV index of its rows; written in resumable, checksummed shards, read back memory-mapped.
 
 This module only stores and loads; what goes into a cache is computed by ``heatedasc.features``.

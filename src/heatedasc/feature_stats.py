@@ -1,4 +1,4 @@
-"""Standardisation statistics (SPEC §3): mean and std per mel bin over every frame of the training
+"""Standardisation statistics (docs/reproduction.md §3): mean and std per mel bin over every frame of the training
 split, accumulated in float64 batch by batch (never by loading the whole set), saved beside the cache."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Log-mel features (SPEC §3) with the spectrum correction folded into per-device mel filterbanks.
+"""Log-mel features (docs/reproduction.md §3) with the spectrum correction folded into per-device mel filterbanks.
 
 Pipeline per clip: remove DC → |STFT| (periodic Hann, centre, reflect pad) → per-device filterbank
 diag(c_d)·M (Slaney mel, Slaney norm) → log(mel + offset) → standardise per mel bin with float64

@@ -1,4 +1,4 @@
-"""Evaluation metrics of a run (SPEC §7): accuracy per recording device and the expected calibration
+"""Evaluation metrics of a run (docs/reproduction.md §7): accuracy per recording device and the expected calibration
 error, one copy for the training loop (metrics.json) and the report (calibration tables, reliability
 diagrams)."""
 

@@ -1,4 +1,4 @@
-"""The paper's CNN (SPEC §4): five Conv(valid)→ReLU→BatchNorm blocks, global average pool, linear."""
+"""The paper's CNN (docs/reproduction.md §4): five Conv(valid)→ReLU→BatchNorm blocks, global average pool, linear."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training loop (SPEC §6) and per-run outputs (SPEC §7): Adadelta, Keras-style L2, mixup, plateau LR,
+"""Training loop (docs/reproduction.md §6) and per-run outputs (docs/reproduction.md §7): Adadelta, Keras-style L2, mixup, plateau LR,
 epoch selection (test | holdout | last), resumable checkpoints, metrics/embeddings/predictions."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# Stage 2: spectrum correction (SPEC §2). Mean spectra of the training triplets are computed once;
+# Stage 2: spectrum correction (docs/reproduction.md §2). Mean spectra of the training triplets are computed once;
 # each correction's coefficients are a cheap reduction of them.
 
 

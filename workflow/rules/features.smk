@@ -1,4 +1,4 @@
-# Stage 3: log-mel features (SPEC §3) with the correction folded into per-device filterbanks,
+# Stage 3: log-mel features (docs/reproduction.md §3) with the correction folded into per-device filterbanks,
 # standardised with float64 training statistics, cached as float16 per (correction, split).
 
 FEATURE_PARAMS = {

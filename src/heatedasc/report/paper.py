@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 PAPER_KEYS = {"Dev.A": "dev_a", "Dev.B": "dev_b", "Dev.C": "dev_c", "Avg.BC": "avg_bc"}
 ACCURACY_NOTE = ("Accuracies in %: mean ± sd over seeds (number of seeds); \"missing\" = no run of that cell; "
-                 "paper = the published value (SPEC §9); Δ = reproduction − paper, in percentage points.")
+                 "paper = the published value (docs/reproduction.md §9); Δ = reproduction − paper, in percentage points.")
 QUOTED_NOTE = ("Rows with source \"quoted from paper\" are other systems' numbers as the paper quotes them; "
                "they were not rerun here.")
 
@@ -142,7 +142,7 @@ def fig3_data(runs: pd.DataFrame, *, loss: str) -> pd.DataFrame:
 
 def plot_fig3(data: pd.DataFrame, out_png, *, out_pdf=None, loss: str, paper_best: dict | None = None,
               paper_best_label: str = "paper best") -> None:
-    """Accuracy against T per correction (fig3_data), mean ± sd band over seeds. `paper_best` (SPEC §9, %)
+    """Accuracy against T per correction (fig3_data), mean ± sd band over seeds. `paper_best` (docs/reproduction.md §9, %)
     holds `temperature`, `avg_bc` and `dev_a` of the paper's best row, drawn as a star."""
     import seaborn as sns
 
