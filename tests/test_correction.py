@@ -197,3 +197,22 @@ def test_coefficients_round_trip_without_pickle_and_plot(tmp_path):
     plot_coefficients(paths, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.parent.iterdir()) == ["coefficients.png"]
+
+
+def test_holdout_locations_are_left_out_of_the_correction_and_are_the_ones_training_validates_on():
+    from heatedasc.tau import HOLDOUT_SPLIT, select_holdout, without_holdout
+
+    spec = [(f"park-lyon-{loc}-{seg}", d, "train") for loc in range(10) for seg in range(2) for d in "abc"]
+    spec += [(f"bus-oslo-{loc}-0", d, "evaluate") for loc in range(3) for d in "abc"]
+    manifest = manifest_of(spec)
+    holdout = {"fraction": 0.3, "seed": 5}
+    fitted = without_holdout(manifest, holdout)
+    held = set(fitted.loc[fitted["split"] == HOLDOUT_SPLIT, "identifier"])
+    assert len(held) == 3  # 0.3 of 10 training locations
+    assert set(fitted.loc[fitted["split"] == "evaluate", "identifier"]) == {"oslo-0", "oslo-1", "oslo-2"}
+    # Training's validation rows (same function over the training cache's identifiers, in any order).
+    train_ids = manifest.loc[manifest["split"] == "train", "identifier"].to_numpy()[::-1]
+    assert set(train_ids[select_holdout(train_ids, 0.3, 5)]) == held
+    rows = parallel_training_groups(fitted, DEVICES)
+    assert set(rows["identifier"]).isdisjoint(held) and len(set(rows["identifier"])) == 7
+    assert without_holdout(manifest, None) is manifest  # test / last selection: every location is fitted

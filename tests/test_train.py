@@ -21,9 +21,10 @@ from heatedasc.metrics import ece_from_bins, expected_calibration_error, reliabi
 from heatedasc.model import ASCNet  # noqa: E402
 from heatedasc.train import (  # noqa: E402
     HISTORY_COLUMNS, BatchRunner, draw_epoch_mixup, draw_mixup, l2_penalty, make_optimizer, make_plateau_scheduler,
-    mixup_batch, run_training, select_holdout, train_epoch,
+    mixup_batch, run_training, train_epoch,
 )
 from heatedasc.losses import make_loss  # noqa: E402
+from heatedasc.tau import select_holdout  # noqa: E402
 
 N_MELS, N_FRAMES = 24, 32  # smallest-ish input the paper's five blocks accept
 MODEL_CFG = dict(channels=[16, 32, 32, 64, 64], strides=[1, 2, 1, 2, 1], kernel_size=3,
@@ -31,7 +32,7 @@ MODEL_CFG = dict(channels=[16, 32, 32, 64, 64], strides=[1, 2, 1, 2, 1], kernel_
 LOSS_CFG = dict(gamma=1.0, focal_form="eq2")
 TRAIN_CFG = dict(epochs=3, batch_size=16, lr=0.5, rho=0.95, eps=1e-7, weight_decay_l2=1e-5, mixup_alpha=0.2,
                  plateau_factor=0.1, plateau_patience=16, plateau_min_delta=1e-3, monitor="avg_bc",
-                 selection="test", holdout_fraction=0.25, deterministic=False, device="cpu", amp=True,
+                 selection="test", holdout_fraction=0.25, holdout_seed=0, deterministic=False, device="cpu", amp=True,
                  amp_dtype="bf16", channels_last=True, compile=True, compile_mode="default", eval_batch_size=128)
 
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 SCENES: tuple[str, ...] = (
@@ -200,3 +201,41 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         .rename("count")
         .reset_index()
     )
+
+
+# --------------------------------------------------------------------------- the holdout split
+HOLDOUT_SPLIT = "holdout"  # fold1_train rows kept out of every fit when train.selection is holdout
+
+
+def select_holdout(identifiers: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of rows whose recording location is held out for validation (seeded, by location).
+
+    The same mask everywhere: training validates on these rows, and the spectrum correction and the
+    standardisation statistics leave them out (`without_holdout`), so nothing is fitted on them.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"train.holdout_fraction must be in (0, 1), got {fraction}")
+    identifiers = np.asarray(identifiers, dtype=str)
+    unique = np.unique(identifiers)  # sorted, so the choice depends only on the seed and the set
+    if len(unique) < 2:
+        raise ValueError("train.holdout_fraction: the training cache has fewer than 2 recording locations")
+    n_hold = min(max(1, int(round(fraction * len(unique)))), len(unique) - 1)
+    rng = np.random.default_rng([seed, 0x401D])
+    held = rng.choice(unique, size=n_hold, replace=False)
+    return np.isin(identifiers, held)
+
+
+def without_holdout(manifest: pd.DataFrame, holdout: dict | None) -> pd.DataFrame:
+    """The manifest with the held-out fold1_train locations moved to split 'holdout' (None: unchanged).
+
+    `holdout` is {"fraction": train.holdout_fraction, "seed": train.holdout_seed}, given only when
+    train.selection is holdout.
+    """
+    if not holdout:
+        return manifest
+    out = manifest.copy()
+    train = out["split"] == "train"
+    held = select_holdout(out.loc[train, "identifier"].to_numpy(dtype=str), float(holdout["fraction"]),
+                          int(holdout["seed"]))
+    out.loc[out.index[train][held], "split"] = HOLDOUT_SPLIT
+    return out

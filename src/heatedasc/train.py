@@ -25,7 +25,7 @@ from heatedasc.losses import heated_softmax, make_loss
 from heatedasc.metrics import device_accuracies, expected_calibration_error
 from heatedasc.model import ASCNet, block_output_shapes, count_parameters
 from heatedasc.runtime import resolve_device
-from heatedasc.tau import DEVICES, SCENES
+from heatedasc.tau import DEVICES, SCENES, select_holdout
 
 log = logging.getLogger("heatedasc.train")
 
@@ -33,7 +33,7 @@ SELECTIONS = ("test", "holdout", "last")
 MONITORS = ("avg_bc", "overall")
 TRAIN_KEYS = (
     "epochs", "batch_size", "lr", "rho", "eps", "weight_decay_l2", "mixup_alpha", "plateau_factor",
-    "plateau_patience", "plateau_min_delta", "monitor", "selection", "holdout_fraction", "deterministic",
+    "plateau_patience", "plateau_min_delta", "monitor", "selection", "holdout_fraction", "holdout_seed", "deterministic",
     "device", "amp", "amp_dtype", "channels_last", "compile", "compile_mode", "eval_batch_size",
 )
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -77,20 +77,6 @@ def check_cache_origin(cache: FeatureCache, *, correction: str | None, split: st
         raise ValueError(
             f"{cache.npy_path} holds the '{wildcards['split']}' split (per {record_path}), expected '{split}'"
         )
-
-
-def select_holdout(identifiers: Sequence[str], fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of rows whose recording location is held out for validation (seeded, by location)."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"train.holdout_fraction must be in (0, 1), got {fraction}")
-    identifiers = np.asarray(identifiers, dtype=str)
-    unique = np.unique(identifiers)  # sorted, so the choice depends only on the seed and the set
-    if len(unique) < 2:
-        raise ValueError("train.holdout_fraction: the training cache has fewer than 2 recording locations")
-    n_hold = min(max(1, int(round(fraction * len(unique)))), len(unique) - 1)
-    rng = np.random.default_rng([seed, 0x401D])
-    held = rng.choice(unique, size=n_hold, replace=False)
-    return np.isin(identifiers, held)
 
 
 # ------------------------------------------------------------------------------ training pieces
@@ -496,7 +482,9 @@ def run_training(
     train_labels_all = train.index["label"].to_numpy(dtype=np.int64)
     train_devices_all = train.index["device"].to_numpy(dtype=str)
     if selection == "holdout":
-        val_mask = select_holdout(train.index["identifier"].to_numpy(dtype=str), float(cfg["holdout_fraction"]), seed)
+        # the same locations the correction and the standardisation left out (tau.without_holdout)
+        val_mask = select_holdout(train.index["identifier"].to_numpy(dtype=str), float(cfg["holdout_fraction"]),
+                                  int(cfg["holdout_seed"]))
         fit_rows = np.flatnonzero(~val_mask)
         val_rows = np.flatnonzero(val_mask)
         if monitor == "avg_bc":
@@ -564,8 +552,8 @@ def _selection_note(selection: str, monitor: str, holdout_fraction: float) -> st
     if selection == "holdout":
         return (
             f"The epoch was chosen by {monitor} accuracy on a validation split of {holdout_fraction:g} of the "
-            "fold1_train recording locations; the test set (fold1_evaluate) was not used for selection or the "
-            "learning-rate schedule."
+            "fold1_train recording locations, which the spectrum correction and the standardisation also left out; "
+            "the test set (fold1_evaluate) was not used for selection or the learning-rate schedule."
         )
     return (
         "The last epoch was kept (no epoch selection), but the learning-rate schedule was driven by the test set "

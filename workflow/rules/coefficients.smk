@@ -13,6 +13,7 @@ rule mean_spectra:
         provenance=path("mean_spectra_prov"),
     params:
         recipe=recipe("mean_spectra"),
+        holdout=HOLDOUT,
         n_fft=config["features"]["n_fft"],
         hop_length=config["features"]["hop_length"],
         remove_dc=config["features"]["remove_dc"],

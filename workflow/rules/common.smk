@@ -83,6 +83,12 @@ def format_temperature(t):
 
 
 TEMPERATURES = [format_temperature(t) for t in SWEEP["temperature"]]
+# With train.selection holdout, the validation locations are left out of every fit (correction, statistics).
+HOLDOUT = (
+    {"fraction": config["train"]["holdout_fraction"], "seed": config["train"]["holdout_seed"]}
+    if config["train"]["selection"] == "holdout"
+    else None
+)
 SPLITS = ["train", "evaluate"]
 
 

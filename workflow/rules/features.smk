@@ -18,6 +18,7 @@ rule feature_stats:
         provenance=path("stats_prov"),
     params:
         recipe=recipe("feature_stats"),
+        holdout=HOLDOUT,
         extractor=FEATURE_PARAMS,
         sample_rate=config["data"]["sample_rate"],
         devices=config["data"]["devices"],

@@ -5,12 +5,12 @@ import torch
 from heatedasc.correction import compute_mean_spectra, save_mean_spectra
 from heatedasc.logutil import job_logging, show_progress
 from heatedasc.provenance import record_job
-from heatedasc.tau import read_manifest
+from heatedasc.tau import read_manifest, without_holdout
 
 with job_logging(snakemake.log[0], "heatedasc.mean_spectra") as log:
     torch.set_num_threads(snakemake.threads)
     p = snakemake.params
-    manifest = read_manifest(snakemake.input.manifest)
+    manifest = without_holdout(read_manifest(snakemake.input.manifest), p.holdout)
     spectra = compute_mean_spectra(
         manifest,
         snakemake.input.audio,
