@@ -1,12 +1,13 @@
 # The two commands of the README:
 #   make demo   - install everything, then run the whole DAG on the synthetic demo (dvc repro)
-#   make test   - install everything, then run the test suite
+#   make test   - install everything, then the guard rails (make lint) and the whole test suite
+# Also: make lint, make test-fast (the unit tests, no workflow runs: about a minute), make pull, make clean-results
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test pull clean-results
+.PHONY: setup demo test test-fast lint pull clean-results
 
 setup: $(STAMP)
 
@@ -26,7 +27,13 @@ demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show
 	@echo "Tables: results/tables/table2.md results/tables/table3.md; figures: results/figures/"
 
-test: setup
+lint: setup
+	PATH="$(abspath $(BIN)):$$PATH" tools/lint.sh
+
+test-fast: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not workflow and not slurm"
+
+test: setup lint
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tools/local-slurm.sh install && \
 	   { command -v chromium >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
 	 else echo "make test: not root, SLURM and Chromium are not installed here; their tests skip if absent"; fi

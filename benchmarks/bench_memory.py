@@ -71,7 +71,6 @@ def write_set(folder: Path, n_clips: int) -> None:
 def run_stage(stage: str, folder: Path, threads: int, batch_size: int) -> dict:
     """Child process: set up, then run one stage while a thread samples anonymous RSS."""
     import numpy as np
-    import pandas as pd
     import torch
 
     from heatedasc.correction import compute_mean_spectra

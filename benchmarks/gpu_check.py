@@ -48,7 +48,12 @@ from heatedasc.losses import make_loss
 from heatedasc.model import ASCNet, block_output_shapes
 from heatedasc.runtime import cuda_diagnosis, nvidia_driver, resolve_device
 from heatedasc.train import (
-    BatchRunner, COMPILE_DEVICES, make_optimizer, resolve_runtime, run_training, train_epoch,
+    COMPILE_DEVICES,
+    BatchRunner,
+    make_optimizer,
+    resolve_runtime,
+    run_training,
+    train_epoch,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -417,7 +422,7 @@ def _equal_runs(a: Path, b: Path) -> dict:
 
 
 def section_determinism(ctx: dict) -> dict:
-    args, sz, device, params, out = ctx["args"], ctx["sizes"], ctx["device"], ctx["params"], ctx["out"]
+    args, sz, params, out = ctx["args"], ctx["sizes"], ctx["params"], ctx["out"]
     caches = ctx["sub_caches"]()
     det = train_config(params, args, sz, epochs=sz["epochs_check"], deterministic=True)
     nondet = {**det, "deterministic": False}
@@ -578,7 +583,8 @@ def concurrency_worker(rank: int, args_ns: dict, barrier, queue) -> None:
                       loss_fn=make_loss("focal", temperature=10.0), weight_decay_l2=float(cfg["weight_decay_l2"]))
         gen = torch.Generator().manual_seed(rank)
         with _no_tf32(runtime.amp_dtype is None and device.type == "cuda"):
-            train_epoch(model, optimizer, scaler, runner, x, onehot, torch.randint(0, len(x), (3 * sz["batch"],), generator=gen), **common)
+            order = torch.randint(0, len(x), (3 * sz["batch"],), generator=gen)
+            train_epoch(model, optimizer, scaler, runner, x, onehot, order, **common)
             _sync(device)
             order = torch.randint(0, len(x), (sz["conc_batches"] * sz["batch"],), generator=gen)
             barrier.wait(timeout=900)
@@ -774,7 +780,8 @@ def main(argv: list[str] | None = None) -> int:
         return make
 
     ctx = {"args": args, "sizes": sz, "device": device, "params": params, "out": out, "floor": floor,
-           "full_caches": caches("full", sz["train"], sz["eval"]), "sub_caches": caches("subset", sz["sub_train"], sz["sub_eval"])}
+           "full_caches": caches("full", sz["train"], sz["eval"]),
+           "sub_caches": caches("subset", sz["sub_train"], sz["sub_eval"])}
     funcs = {"throughput": section_throughput, "run": section_run, "precision": section_precision,
              "determinism": section_determinism, "features": section_features, "concurrency": section_concurrency}
     results, errors, timings = {}, {}, {}

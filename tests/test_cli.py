@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, venv_env
+
 from heatedasc import cli
 
 COMMANDS = ("synth", "config", "report", "lineage", "compare")

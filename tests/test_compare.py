@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-
 from conftest import venv_env
+
 from heatedasc.compare import compare, differences, verdict
 
 REFERENCE = {

@@ -1,12 +1,13 @@
-"""params.yaml carries the reproduction decisions (docs/reproduction.md); the schema and the cross-key checks reject bad configs by name."""
+"""params.yaml carries the reproduction decisions (docs/reproduction.md); the schema and the cross-key checks
+reject bad configs by name."""
 
 import copy
 
 import jsonschema
 import pytest
 import yaml
-
 from conftest import REPO
+
 from heatedasc.config import check_consistency
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())

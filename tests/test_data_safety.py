@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, venv_env
+from test_workflow import TINY, snakemake, write_override
+
 from heatedasc.ownership import OWNER_MARKER, ForeignDataRootError, check_data_root, check_synthetic_root
 from heatedasc.synth import generate_dataset
-from test_workflow import TINY, snakemake, write_override
 
 SYNTH = dict(seed=3, clip_seconds=0.5, sample_rate=44100, train_parallel_per_scene=2, train_a_only_per_scene=2,
              evaluate_parallel_per_scene=1, evaluate_a_only_per_scene=1, device_a_48k_stereo=True,

@@ -5,7 +5,6 @@ page cites are those of params.yaml / config/smoke.yaml, so the page cannot drif
 import re
 
 import yaml
-
 from conftest import REPO
 
 DOC = REPO / "docs" / "reproduction.md"

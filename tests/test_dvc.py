@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, venv_env
 from test_workflow import TINY, job_counts
 

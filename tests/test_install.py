@@ -8,14 +8,12 @@ import importlib.metadata as md
 import re
 import sys
 import tomllib
-from pathlib import Path
 
 import yaml
+from conftest import REPO
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
-
-from conftest import REPO
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 LOCK = {

@@ -6,10 +6,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 import yaml
 
-from heatedasc.codedeps import NOT_CODE, closure, find_cycles, import_graph, package_imports, script_modules
+from heatedasc.codedeps import closure, find_cycles, import_graph, package_imports, script_modules
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "heatedasc"

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO
+
 from heatedasc.report import REGISTRY, render_all
 from heatedasc.report import diagnostics as dx
 from heatedasc.report.runs import discover_runs
@@ -158,8 +158,10 @@ SPEC_TABLE3_OURS = {"Ref.ABC_T10": (73.4, 66.5, 73.7, 70.1), "Ref.ABC_T15": (72.
                     "NoCorrection_T20": (72.8, 60.9, 63.0, 62.0)}
 SPEC_TABLE3_QUOTED = {"DCASE2019 baseline": (61.9, 39.6, 43.1, 41.4, None),
                       "Base_model_Kosmider_SRPOL": (72.0, None, None, 70.0, 70954),
-                      "McDonnell_USA_task1b_3": (None, None, None, 66.3, 6e6), "Primus_CPJKU_task1b_4": (None, None, None, 65.1, 26e6),
-                      "LamPham_KentGroup_task1b_1": (None, 55.3, 62.3, 58.8, 6e6), "Song_HIT_task1b_3": (None, None, None, 70.3, 68e6),
+                      "McDonnell_USA_task1b_3": (None, None, None, 66.3, 6e6),
+                      "Primus_CPJKU_task1b_4": (None, None, None, 65.1, 26e6),
+                      "LamPham_KentGroup_task1b_1": (None, 55.3, 62.3, 58.8, 6e6),
+                      "Song_HIT_task1b_3": (None, None, None, 70.3, 68e6),
                       "Jiang_UESTC_task1b_2": (None, None, None, 64.2, 1e6)}
 
 

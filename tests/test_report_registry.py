@@ -12,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, venv_env
 from test_report import base_config, write_run
 from test_workflow import empty_tau_root, job_counts
-from heatedasc.report import REGISTRY, Artefact, Figure, Registry, Table, TableDoc, render_all, render_job
+
 from heatedasc.plotting import pyplot, save_figure
+from heatedasc.report import REGISTRY, Artefact, Figure, Registry, Table, TableDoc, render_all, render_job
 from heatedasc.report.registry import config_subset
 
 # The toy: a table (CSV + Markdown) and a figure, declared in one place.
@@ -121,7 +121,8 @@ def test_the_snakemake_targets_are_the_registry_s(tmp_path):
     assert REGISTRY.target_keys()[-1] == "coefficient_plot"
     assert [p for k, p in REGISTRY.paths("results").items() if k in REGISTRY.target_keys()] == [
         "results/tables/table2.csv", "results/tables/table2.md", "results/tables/table3.csv",
-        "results/tables/table3.md", "results/metrics.json", "results/metrics", "results/figures/fig3.png", "results/figures/fig3.pdf",
+        "results/tables/table3.md", "results/metrics.json", "results/metrics", "results/figures/fig3.png",
+        "results/figures/fig3.pdf",
         "results/figures/fig3.csv", "results/figures/fig2.png", "results/tables/calibration.csv",
         "results/tables/calibration.md", "results/figures/reliability.png", "results/figures/confusion.png",
         "results/tables/confusion.csv", "results/tables/significance.csv", "results/tables/significance.md",

@@ -150,7 +150,8 @@ def test_meta_label_disagrees_with_file_name(root):
     assert fields[1] == "airport"
     meta[1] = "\t".join([fields[0], "bus", *fields[2:]])
     write_lines(root / "meta.csv", meta)
-    with pytest.raises(DatasetError, match=r"row 1 \(audio/airport-.*scene label 'bus' disagrees with the file name's scene 'airport'"):
+    with pytest.raises(DatasetError,
+                       match=r"row 1 \(audio/airport-.*scene label 'bus' disagrees with the file name's scene 'airport'"):
         load_tau(root)
 
 

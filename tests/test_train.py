@@ -7,9 +7,8 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-
-from conftest import REPO
 import torch
+from conftest import REPO
 
 torch.set_num_threads(1)
 
@@ -17,14 +16,22 @@ SCENES = ("airport", "bus", "metro", "metro_station", "park", "public_square", "
           "street_pedestrian", "street_traffic", "tram")  # the output contract's order, spelt out
 
 from heatedasc.feature_cache import load_feature_cache  # noqa: E402
+from heatedasc.losses import make_loss  # noqa: E402
 from heatedasc.metrics import ece_from_bins, expected_calibration_error, reliability_bins  # noqa: E402
 from heatedasc.model import ASCNet  # noqa: E402
-from heatedasc.train import (  # noqa: E402
-    HISTORY_COLUMNS, BatchRunner, draw_epoch_mixup, draw_mixup, l2_penalty, make_optimizer, make_plateau_scheduler,
-    mixup_batch, run_training, train_epoch,
-)
-from heatedasc.losses import make_loss  # noqa: E402
 from heatedasc.tau import select_holdout  # noqa: E402
+from heatedasc.train import (  # noqa: E402
+    HISTORY_COLUMNS,
+    BatchRunner,
+    draw_epoch_mixup,
+    draw_mixup,
+    l2_penalty,
+    make_optimizer,
+    make_plateau_scheduler,
+    mixup_batch,
+    run_training,
+    train_epoch,
+)
 
 N_MELS, N_FRAMES = 24, 32  # smallest-ish input the paper's five blocks accept
 MODEL_CFG = dict(channels=[16, 32, 32, 64, 64], strides=[1, 2, 1, 2, 1], kernel_size=3,

@@ -10,7 +10,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, venv_env
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -78,7 +77,8 @@ def test_trimmed_grid_plans_only_its_runs(tmp_path):
     root = empty_tau_root(tmp_path / "tau")
     override = write_override(
         tmp_path / "trim.yaml",
-        {"data": {"root": str(root)}, "sweep": {"correction": ["ref_abc"], "temperature": [1, 10], "loss": ["focal"], "seed": [0, 1, 2]}},
+        {"data": {"root": str(root)},
+         "sweep": {"correction": ["ref_abc"], "temperature": [1, 10], "loss": ["focal"], "seed": [0, 1, 2]}},
     )
     counts = job_counts(snakemake(tmp_path, "-n", "--quiet", "rules", configfiles=[override]).stdout)
     assert counts["train"] == 6
@@ -131,7 +131,8 @@ def test_tiny_end_to_end_run_produces_every_contract_file(tmp_path):
     assert any(l.endswith("] train ref_abc T=1 focal seed=0") for l in job_lines)
     assert f"{total} of {total} jobs done in" in out[-2] and not any("reason:" in l or "INFO heatedasc" in l for l in out)
     assert len(out) <= total + 4
-    assert "INFO heatedasc.train: epoch 1/1" in (tmp_path / "logs" / "train" / "ref_abc" / "T1" / "focal" / "seed0.log").read_text()
+    train_log = tmp_path / "logs" / "train" / "ref_abc" / "T1" / "focal" / "seed0.log"
+    assert "INFO heatedasc.train: epoch 1/1" in train_log.read_text()
 
     results = tmp_path / "results"
     for c in ("ref_abc", "ref_bc", "none"):

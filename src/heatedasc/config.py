@@ -16,7 +16,7 @@ import copy
 import functools
 import subprocess
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import yaml
 

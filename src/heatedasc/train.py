@@ -1,5 +1,5 @@
-"""Training loop (docs/reproduction.md §6) and per-run outputs (docs/reproduction.md §7): Adadelta, Keras-style L2, mixup, plateau LR,
-epoch selection (test | holdout | last), resumable checkpoints, metrics/embeddings/predictions."""
+"""Training loop (docs/reproduction.md §6) and per-run outputs (docs/reproduction.md §7): Adadelta, Keras-style L2,
+mixup, plateau LR, epoch selection (test | holdout | last), resumable checkpoints, metrics/embeddings/predictions."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from heatedasc.logutil import job_logging, show_progress
-from heatedasc.provenance import record_job
 from heatedasc.prepare import prepare_dataset
+from heatedasc.provenance import record_job
 
 with job_logging(snakemake.log[0], "heatedasc.prepare") as log:
     p = snakemake.params

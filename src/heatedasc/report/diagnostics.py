@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 import pandas as pd
 
-from heatedasc.plotting import pyplot, save_figure
 from heatedasc.metrics import ECE_BINS, ece_from_bins, reliability_bins
-from heatedasc.report.runs import (DEVICES, LABELS, METRICS, class_names, grid_axes, load_predictions,
-                                   select_cell)
+from heatedasc.plotting import pyplot, save_figure
+from heatedasc.report.runs import LABELS, METRICS, class_names, grid_axes, load_predictions, select_cell
 from heatedasc.report.tables import TableDoc, isnan, text
+from heatedasc.tau import DEVICES
 
 if TYPE_CHECKING:
     from heatedasc.report.render import RenderContext

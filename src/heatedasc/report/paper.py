@@ -13,8 +13,7 @@ import pandas as pd
 from heatedasc.fileio import atomic_dir, write_json
 from heatedasc.plotting import pyplot, save_figure
 from heatedasc.report.runs import LABELS, METRICS, class_names, select_cell, selection_note
-from heatedasc.report.tables import (TableDoc, format_cell, format_plain, format_published, integer_counts,
-                                     isnan)
+from heatedasc.report.tables import TableDoc, format_cell, format_plain, format_published, integer_counts, isnan
 
 if TYPE_CHECKING:
     from heatedasc.report.render import RenderContext

@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from heatedasc.tau import DEVICES, SCENES
+from heatedasc.tau import SCENES
 
 RUN_GLOB = "runs/*/T*/*/seed*/metrics.json"
 RUN_KEYS = ("correction", "temperature", "loss", "seed", "acc_a", "acc_b", "acc_c", "avg_bc",

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-
 # A pipe table; "|" inside a cell is escaped so the row keeps its columns.
 MARKDOWN = """\
 # {{ title }}
