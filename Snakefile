@@ -31,15 +31,6 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 
 
-# Makes the token that reruns a job whose recipe changed (see heatedasc.recipes).
-rule recipe_changed:
-    output:
-        touch(os.path.join(str(TOKEN_DIR), "{rule}", "{job}", "{fingerprint}")),
-    message:
-        "{wildcards.rule} {wildcards.job}: its recipe or outputs changed (see .snakemake/heatedasc/recipes/)"
-    localrule: True
-
-
 rule all:
     input:
         report_outputs(),

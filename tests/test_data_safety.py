@@ -162,3 +162,47 @@ def test_demo_runs_on_its_synthetic_data_made_read_only(tmp_path):
     run_read_only(tmp_path, root, override)
     assert (tmp_path / "results" / "report.html").is_file()
     assert snapshot(root) == before
+
+
+@pytest.mark.workflow
+def test_no_recommended_command_writes_under_a_users_data_root(tmp_path):
+    """dvc repro, dvc exp run (also one that turns synthesis on), make pull, make clean-results and
+    heatedasc synth, with data.root on a user's TAU-layout folder inside the project: not one file of it
+    changes (content, size, mtime, inode)."""
+    from test_dvc import new_project, run
+
+    repo = new_project(tmp_path, tiny_overrides={"data": {"root": "data/my-TAU"}, "synth": {"enabled": False}})
+    users_dataset(repo / "data" / "my-TAU")
+    run(repo, "dvc", "add", "data/my-TAU")  # the user versions their data with DVC, as the README says
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "my data")
+    root = repo / "data" / "my-TAU"
+    before = snapshot(root)
+
+    refused = run(repo, "heatedasc", "synth", "--root", "data/my-TAU", "--seed", "0", check=False)
+    assert "heatedasc synth: error: --root 'data/my-TAU' holds files the synthetic generator did not write" in refused
+    assert snapshot(root) == before
+
+    out = run(repo, "dvc", "repro")
+    assert "Running stage 'train'" in out and (repo / "results" / "tables" / "table2.csv").is_file()
+    assert snapshot(root) == before
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "results")
+
+    out = run(repo, "dvc", "exp", "run", "-S", "config/tiny.yaml:train.epochs=2")
+    assert "Running stage 'train'" in out
+    assert snapshot(root) == before
+    bad = run(repo, "dvc", "exp", "run", "-S", "config/tiny.yaml:synth.enabled=true", check=False)
+    assert "data.root 'data/my-TAU' holds files the synthetic generator did not write" in bad
+    assert snapshot(root) == before
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    run(repo, "git", "checkout", "--", ".")
+    run(repo, "dvc", "remote", "add", "-d", "local", str(remote))
+    run(repo, "dvc", "push")
+    venv = Path(sys.executable).parent.parent
+    run(repo, "make", "-o", f"{venv}/.installed", "pull", f"VENV={venv}")
+    run(repo, "make", "clean-results")
+    assert not (repo / "results" / "runs").exists()
+    assert snapshot(root) == before

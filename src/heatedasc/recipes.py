@@ -9,11 +9,12 @@ At planning (`snakemake`, `snakemake -n`, inside `dvc repro`) every job compares
 recipe now with the recorded one and checks that its outputs still hold the content it recorded. If both
 match, the job is up to date, whatever the files' modification times say — so `dvc pull`, `dvc checkout`,
 `dvc exp apply` or a `git checkout` that restores files with fresh dates makes nothing rerun. If either
-differs, the job gets an extra input, a token under `.snakemake/heatedasc/changed/` that the local rule
-`recipe_changed` makes, so Snakemake reruns it (and, through the chained fingerprints, everything
-downstream). The profile turns Snakemake's own date/params/code triggers off (`rerun-triggers`), because
-they disagree with DVC after a checkout. Each decision is written to `.snakemake/heatedasc/recipes/` as
-JSON (`heatedasc lineage` reads it to say exactly what changed).
+differs, the job gets one extra input, a token file under `.snakemake/heatedasc/changed/` written at that
+moment (so newer than the job's outputs), and Snakemake reruns it; through the chained fingerprints
+everything downstream follows. Every other input is `ancient()` (file dates never count), and the profile
+turns Snakemake's params/code/input triggers off (`rerun-triggers`), because they disagree with DVC after a
+checkout. Each decision is written to `.snakemake/heatedasc/recipes/` as JSON (`heatedasc lineage` reads it
+to say exactly what changed).
 """
 
 from __future__ import annotations
@@ -165,8 +166,7 @@ class RecipeBook:
         if path not in self._producers:
             found = None
             for rule in self.workflow.rules:
-                if rule.output and not getattr(rule, "norun", False) and rule.name != "recipe_changed" \
-                        and rule.is_producer(path):
+                if rule.output and not getattr(rule, "norun", False) and rule.is_producer(path):
                     found = (rule.name, tuple(rule.get_wildcards(path).items()))
                     break
             self._producers[path] = found
@@ -224,6 +224,14 @@ class RecipeBook:
             return str(p)
 
     # -------------------------------------------------------------------------- the decision
+    def input_path(self, path: str, ancient: Callable[[str], Any]):
+        """`path` as an input: plain when the job that makes it reruns in this plan (so its new date
+        reruns the consumer), else ancient(path) (dates restored by DVC or touched by hand never count)."""
+        producer = self._producer(path)
+        if producer is not None and self.token(producer[0], dict(producer[1])):
+            return path
+        return ancient(path)
+
     def _outputs(self, name: str, wildcards: Mapping) -> list[str]:
         from snakemake.io import apply_wildcards
 
@@ -264,8 +272,15 @@ class RecipeBook:
         _write_if_changed(RECIPE_DIR / name / f"{_safe(wildcards)}.json", json.dumps(decision, indent=1) + "\n")
         if folder.is_dir():  # tokens of earlier plans: each plan decides afresh
             for old in folder.iterdir():
-                old.unlink()
-        return [str(token)] if reasons else []
+                if old != token or not reasons:
+                    old.unlink()
+        if not reasons:
+            return []
+        # Snakemake reruns a job whose input is newer than its outputs: the token, written now, is.
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.write_text("\n".join(reasons) + "\n")
+        os.utime(token, None)
+        return [str(token)]
 
 
 def _write_if_changed(path: Path, text: str) -> None:

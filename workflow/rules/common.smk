@@ -3,9 +3,10 @@
 
 import os
 
+from snakemake.io import apply_wildcards
 from snakemake_interface_executor_plugins.settings import ExecMode
 
-from heatedasc.recipes import TOKEN_DIR, RecipeBook, recipe_param, token_input
+from heatedasc.recipes import RecipeBook, recipe_param, token_input
 from heatedasc.report.registry import REGISTRY as REPORT
 
 DATA_ROOT = config["data"]["root"]
@@ -124,17 +125,23 @@ def report_outputs():
 
 
 def dep(item):
-    """An input whose file dates never trigger a rerun (paths, lists and dicts of them).
+    """An input whose file date alone never triggers a rerun (a path, a list or a dict of them).
 
-    Snakemake compares modification times unconditionally; DVC restores files with fresh ones in any order.
-    Content decides instead: each rule's `recipe=` token (heatedasc.recipes) reruns a job whose recipe or
-    outputs changed, and a job whose inputs are missing or being remade still runs as usual.
+    Snakemake compares modification times; DVC restores files with fresh ones in any order. So an input is
+    `ancient()` unless the job that makes it will rerun in this plan: then the date links the two jobs and
+    Snakemake reruns this one after it. What reruns a job is its recipe (the `recipe=` token input,
+    heatedasc.recipes); a missing input still makes its producer run, as always.
     """
-    if isinstance(item, str):
-        return ancient(item)
     if isinstance(item, dict):
         return {k: dep(v) for k, v in item.items()}
-    return [dep(i) for i in item]
+
+    def resolve(wildcards):
+        paths = [item] if isinstance(item, str) else list(item)
+        values = dict(wildcards.items())
+        resolved = [RECIPES.input_path(apply_wildcards(str(p), values), ancient) for p in paths]
+        return resolved[0] if isinstance(item, str) else resolved
+
+    return resolve
 
 
 def fig2_embeddings(wildcards=None):
