@@ -167,11 +167,18 @@ def test_tiny_end_to_end_run_produces_every_contract_file(tmp_path):
 
 @pytest.mark.workflow
 def test_bad_meta_row_stops_at_prepare_and_leaves_nothing(tmp_path):
+    """A user's TAU copy (synthesis off) whose meta.csv names a file that is not there."""
+    import shutil
+
     cfg = json.loads(json.dumps(TINY))
-    root = tmp_path / "data" / "synthetic"
+    generated = tmp_path / "generated"
+    cfg["data"]["root"] = str(generated)
+    snakemake(tmp_path / "gen", "--cores", "1", "synthetic_data", configfiles=[write_override(tmp_path / "g.yaml", cfg)])
+    root = tmp_path / "data" / "my-TAU"
+    shutil.copytree(generated, root, ignore=shutil.ignore_patterns(".heatedasc-synthetic.json", "provenance.json"))
     cfg["data"]["root"] = str(root)
+    cfg["synth"] = {"enabled": False}
     override = write_override(tmp_path / "tiny.yaml", cfg)
-    snakemake(tmp_path, "--cores", "1", "synthetic_data", configfiles=[override])
     meta = root / "meta.csv"
     lines = meta.read_text().splitlines()
     victim = lines[5].split("\t")[0]

@@ -118,4 +118,12 @@ def code_digests(script: str, root: str) -> dict[str, str]:
     files = [script_path]
     for name in sorted(script_modules(script_path)):
         files += module_files(PACKAGE_DIR, name)
-    return {f.relative_to(root_path).as_posix(): _sha256(f) for f in files}
+    return {_relative(f, root_path): _sha256(f) for f in files}
+
+
+def _relative(path: Path, root: Path) -> str:
+    """`path` relative to the workflow's folder, or whole when the package is installed elsewhere."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()

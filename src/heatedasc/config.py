@@ -170,7 +170,9 @@ def _committed_version(path: Path) -> dict | None:
 def hidden_edits(configfiles: Sequence[str | Path]) -> list[str]:
     """Keys changed since the last commit in one config file but overridden by a later file: edits that
     cannot take effect (e.g. `dvc exp run -S params.yaml:train.epochs=20` while config/smoke.yaml sets it)."""
-    files = [Path(f) for f in configfiles]
+    files: list[Path] = []
+    for f in map(Path, configfiles):  # a file given twice counts where it comes last (its later merge wins)
+        files = [g for g in files if g.resolve() != f.resolve()] + [f]
     layers = [read_config_file(f) for f in files]
     problems = []
     for i, (path, layer) in enumerate(zip(files, layers)):

@@ -61,7 +61,8 @@ STAGES = (
         target="features_all",
         scripts=("prepare", "mean_spectra", "coefficients", "coefficient_plot", "feature_stats", "features"),
         rules=("data", "coefficients", "features"), data_deps=("data",),
-        params=("data", "correction", "features", "sweep.correction"),
+        params=("data", "correction", "features", "sweep.correction",
+                "train.selection", "train.holdout_fraction", "train.holdout_seed"),  # the holdout is never fitted
         outs=("results/prepared", "results/coefficients", "results/features"),
     ),
     Stage(

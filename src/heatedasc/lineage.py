@@ -97,9 +97,8 @@ def plan(configfiles: Sequence[str], *, base: str | os.PathLike = ".", snakefile
     """Refresh the per-job decisions (.snakemake/heatedasc/recipes/) with a dry run of the workflow."""
     from heatedasc.config import REPO_ROOT
 
-    cmd = [sys.executable, "-m", "snakemake", "-n", "--quiet", "all", "--snakefile",
-           str(snakefile or REPO_ROOT / "Snakefile"), "--directory", str(base), "--configfile", *map(str, configfiles),
-           target]
+    cmd = [sys.executable, "-m", "snakemake", target, "-n", "--quiet", "all", "--snakefile",
+           str(snakefile or REPO_ROOT / "Snakefile"), "--directory", str(base), "--configfile", *map(str, configfiles)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ValueError(f"planning the workflow (snakemake -n) failed:\n{(proc.stdout + proc.stderr)[-3000:]}")

@@ -32,9 +32,12 @@ def cached_sha256_file(path: str | os.PathLike, *, use_cache: bool = True) -> st
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
     cache = _hash_cache() if use_cache else None
     if cache is not None:
-        row = cache.execute(
-            "SELECT digest FROM hashes WHERE path=? AND size=? AND mtime_ns=? AND inode=?", key
-        ).fetchone()
+        try:
+            row = cache.execute(
+                "SELECT digest FROM hashes WHERE path=? AND size=? AND mtime_ns=? AND inode=?", key
+            ).fetchone()
+        except sqlite3.Error:  # locked (concurrent jobs, NFS) or damaged: hashing is always correct
+            row = None
         if row:
             return row[0]
     digest = sha256_file(path)

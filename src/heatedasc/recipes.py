@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -155,9 +156,14 @@ class RecipeBook:
             elif item is not None:
                 paths.append(apply_wildcards(str(item), wildcards))
 
+        from snakemake.io import Wildcards
+
         for item in rule.input:
             func = getattr(item, "callable", None) or item
             if getattr(func, "is_recipe_token", False):
+                continue
+            if hasattr(func, "paths"):  # a dependency input (dependency_input): its paths, not its decision
+                add(func.paths(Wildcards(fromdict=dict(wildcards))))
                 continue
             add(self._eval(item, wildcards))
         return paths
@@ -190,6 +196,11 @@ class RecipeBook:
         key = (name, tuple(sorted(wildcards.items())))
         if key in self._recipes:
             return self._recipes[key]
+        if not self.main_process:
+            planned = self._planned(name, wildcards)
+            if planned is not None:  # a cluster job: the recipe the main process planned (shared file system)
+                self._recipes[key] = planned
+                return planned
         rule = self._rule(name)
         params = {k: self._eval(v, wildcards) for k, v in rule.params.items() if k != "recipe"}
         sources, upstream = {}, {}
@@ -213,6 +224,13 @@ class RecipeBook:
         self._fingerprints[key] = recipe["fingerprint"]
         return recipe
 
+    def _planned(self, name: str, wildcards: Mapping) -> dict | None:
+        try:
+            decision = json.loads((RECIPE_DIR / name / f"{_safe(wildcards)}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return decision.get("recipe")
+
     def fingerprint(self, name: str, wildcards: Mapping) -> str:
         return self.recipe(name, wildcards)["fingerprint"]
 
@@ -224,11 +242,13 @@ class RecipeBook:
             return str(p)
 
     # -------------------------------------------------------------------------- the decision
-    def input_path(self, path: str, ancient: Callable[[str], Any]):
-        """`path` as an input: plain when the job that makes it reruns in this plan (so its new date
-        reruns the consumer), else ancient(path) (dates restored by DVC or touched by hand never count)."""
+    def input_path(self, path: str, consumer: tuple[str, Mapping], ancient: Callable[[str], Any]):
+        """`path` as an input of the job `consumer` (rule, wildcards): plain when that job or the one that
+        makes `path` reruns in this plan, else ancient(path), so that dates restored by DVC or touched by
+        hand never count. (Snakemake masks every job below a rerunning one and reaches it again only
+        through links that are not ancient: a rerunning consumer must see its links plain.)"""
         producer = self._producer(path)
-        if producer is not None and self.token(producer[0], dict(producer[1])):
+        if self.token(consumer[0], consumer[1]) or (producer is not None and self.token(producer[0], dict(producer[1]))):
             return path
         return ancient(path)
 
@@ -270,16 +290,18 @@ class RecipeBook:
             "recipe": recipe,
         }
         _write_if_changed(RECIPE_DIR / name / f"{_safe(wildcards)}.json", json.dumps(decision, indent=1) + "\n")
-        if folder.is_dir():  # tokens of earlier plans: each plan decides afresh
-            for old in folder.iterdir():
-                if old != token or not reasons:
-                    old.unlink()
         if not reasons:
             return []
-        # Snakemake reruns a job whose input is newer than its outputs: the token, written now, is.
+        # Snakemake reruns a job whose input is newer than its outputs: the token, written now (and never
+        # older than an output dated in the future), is. Its text is new each time, because Snakemake
+        # also ignores a newer input whose checksum it has seen before.
         token.parent.mkdir(parents=True, exist_ok=True)
-        token.write_text("\n".join(reasons) + "\n")
-        os.utime(token, None)
+        tmp = token.with_name(f".{token.name}.{os.getpid()}.tmp")
+        tmp.write_text(f"planned {time.time_ns()}\n" + "\n".join(reasons) + "\n")
+        newest = max((os.stat(p).st_mtime for p in existing), default=0.0)
+        stamp = max(time.time(), newest + 1.0)
+        os.utime(tmp, (stamp, stamp))
+        os.replace(tmp, token)
         return [str(token)]
 
 
@@ -293,6 +315,28 @@ def _write_if_changed(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def dependency_input(book_getter: Callable[[], RecipeBook], rule: str, item):
+    """The input function for one named input of `rule` (a path pattern, a list of them): each path plain
+    or ancient as RecipeBook.input_path decides. `.paths(wildcards)` gives the bare paths."""
+    from snakemake.io import ancient, apply_wildcards
+
+    def paths(wildcards):
+        values = dict(wildcards.items())
+        resolved = [apply_wildcards(str(p), values) for p in ([item] if isinstance(item, str) else item)]
+        return resolved[0] if isinstance(item, str) else resolved
+
+    def resolve(wildcards):
+        consumer = (rule, {k: str(v) for k, v in wildcards.items()})
+        chosen = paths(wildcards)
+        book = book_getter()
+        if isinstance(chosen, str):
+            return book.input_path(chosen, consumer, ancient)
+        return [book.input_path(p, consumer, ancient) for p in chosen]
+
+    resolve.paths = paths
+    return resolve
 
 
 def token_input(book_getter: Callable[[], RecipeBook], name: str):

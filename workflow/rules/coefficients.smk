@@ -6,8 +6,11 @@
 rule mean_spectra:
     input:
         recipe=recipe_token("mean_spectra"),
-        manifest=dep(path("manifest")),
-        audio=dep(path("prepared_audio")),
+        **deps(
+            "mean_spectra",
+            manifest=path("manifest"),
+            audio=path("prepared_audio"),
+        ),
     output:
         out=path("mean_spectra"),
         provenance=path("mean_spectra_prov"),
@@ -33,7 +36,10 @@ rule mean_spectra:
 rule coefficients:
     input:
         recipe=recipe_token("coefficients"),
-        spectra=dep(path("mean_spectra")),
+        **deps(
+            "coefficients",
+            spectra=path("mean_spectra"),
+        ),
     output:
         out=path("coefficients"),
         provenance=path("coefficients_prov"),
@@ -57,7 +63,10 @@ rule coefficients:
 rule coefficient_plot:
     input:
         recipe=recipe_token("coefficient_plot"),
-        coefficients=dep(expand(path("coefficients"), correction=SWEEP["correction"])),
+        **deps(
+            "coefficient_plot",
+            coefficients=expand(path("coefficients"), correction=SWEEP["correction"]),
+        ),
     output:
         out=path("coefficient_plot"),
         provenance=path("coefficient_plot_prov"),

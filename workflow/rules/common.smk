@@ -3,10 +3,9 @@
 
 import os
 
-from snakemake.io import apply_wildcards
 from snakemake_interface_executor_plugins.settings import ExecMode
 
-from heatedasc.recipes import RecipeBook, recipe_param, token_input
+from heatedasc.recipes import RecipeBook, dependency_input, recipe_param, token_input
 from heatedasc.report.registry import REGISTRY as REPORT
 
 DATA_ROOT = config["data"]["root"]
@@ -124,24 +123,15 @@ def report_outputs():
     return [path(key) for key in REPORT.target_keys()]
 
 
-def dep(item):
-    """An input whose file date alone never triggers a rerun (a path, a list or a dict of them).
+def deps(rule_name, **named):
+    """The named inputs of `rule_name` (paths, or lists of them), as input functions whose file dates
+    never trigger a rerun by themselves.
 
     Snakemake compares modification times; DVC restores files with fresh ones in any order. So an input is
-    `ancient()` unless the job that makes it will rerun in this plan: then the date links the two jobs and
-    Snakemake reruns this one after it. What reruns a job is its recipe (the `recipe=` token input,
-    heatedasc.recipes); a missing input still makes its producer run, as always.
+    `ancient()` unless its job or the job that makes it reruns in this plan (then the date links the two
+    jobs as usual). What reruns a job is its recipe: the `recipe=` token input (heatedasc.recipes).
     """
-    if isinstance(item, dict):
-        return {k: dep(v) for k, v in item.items()}
-
-    def resolve(wildcards):
-        paths = [item] if isinstance(item, str) else list(item)
-        values = dict(wildcards.items())
-        resolved = [RECIPES.input_path(apply_wildcards(str(p), values), ancient) for p in paths]
-        return resolved[0] if isinstance(item, str) else resolved
-
-    return resolve
+    return {name: dependency_input(lambda: RECIPES, rule_name, item) for name, item in named.items()}
 
 
 def fig2_embeddings(wildcards=None):

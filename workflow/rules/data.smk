@@ -27,9 +27,12 @@ if config["synth"]["enabled"]:
 rule prepare:
     input:
         recipe=recipe_token("prepare"),
-        meta=dep(path("meta")),
-        folds=dep(expand(path("fold"), fold=["train", "evaluate", "test"])),
-        audio=dep(path("raw_audio")),
+        **deps(
+            "prepare",
+            meta=path("meta"),
+            folds=expand(path("fold"), fold=["train", "evaluate", "test"]),
+            audio=path("raw_audio"),
+        ),
     output:
         audio=directory(path("prepared_audio")),
         manifest=path("manifest"),

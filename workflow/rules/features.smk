@@ -10,9 +10,12 @@ FEATURE_PARAMS = {
 rule feature_stats:
     input:
         recipe=recipe_token("feature_stats"),
-        manifest=dep(path("manifest")),
-        audio=dep(path("prepared_audio")),
-        coefficients=dep(path("coefficients")),
+        **deps(
+            "feature_stats",
+            manifest=path("manifest"),
+            audio=path("prepared_audio"),
+            coefficients=path("coefficients"),
+        ),
     output:
         out=path("stats"),
         provenance=path("stats_prov"),
@@ -38,10 +41,13 @@ rule feature_stats:
 rule features:
     input:
         recipe=recipe_token("features"),
-        manifest=dep(path("manifest")),
-        audio=dep(path("prepared_audio")),
-        coefficients=dep(path("coefficients")),
-        stats=dep(path("stats")),
+        **deps(
+            "features",
+            manifest=path("manifest"),
+            audio=path("prepared_audio"),
+            coefficients=path("coefficients"),
+            stats=path("stats"),
+        ),
     output:
         cache=path("cache"),
         index=path("cache_index"),

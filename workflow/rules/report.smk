@@ -10,10 +10,11 @@ for _artefact in REPORT:
             _artefact.name
         input:
             recipe=recipe_token(_artefact.name),
-            **dep(
-                REPORT.rule_inputs(
+            **deps(
+                _artefact.name,
+                **REPORT.rule_inputs(
                     _artefact, run_files=all_run_files, fig2_embeddings=fig2_embeddings(), path=path
-                )
+                ),
             ),
         output:
             **{key: directory(path(key)) if key in _artefact.folders else path(key) for key in _artefact.outputs},

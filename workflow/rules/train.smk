@@ -4,12 +4,15 @@
 rule train:
     input:
         recipe=recipe_token("train"),
-        train=dep(path("cache", split="train")),
-        train_index=dep(path("cache_index", split="train")),
-        evaluate=dep(path("cache", split="evaluate")),
-        evaluate_index=dep(path("cache_index", split="evaluate")),
-        stats=dep(path("stats")),
-        coefficients=dep(path("coefficients")),
+        **deps(
+            "train",
+            train=path("cache", split="train"),
+            train_index=path("cache_index", split="train"),
+            evaluate=path("cache", split="evaluate"),
+            evaluate_index=path("cache_index", split="evaluate"),
+            stats=path("stats"),
+            coefficients=path("coefficients"),
+        ),
     output:
         **{name.split(".")[0]: run_file(name) for name in RUN_FILES},
     params:
