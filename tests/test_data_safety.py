@@ -97,6 +97,8 @@ def test_the_repositorys_synthetic_folder_may_not_hold_a_users_data(tmp_path):
 def demo_override(tmp_path: Path, root: Path, **extra) -> Path:
     cfg = json.loads(json.dumps(TINY))
     cfg["data"]["root"] = str(root)
+    # every stage runs, on the smallest grid that still has a corrected and an uncorrected run
+    cfg["sweep"] = {"correction": ["ref_abc", "none"], "temperature": [1], "loss": ["focal"], "seed": [0]}
     cfg.update(extra)
     return write_override(tmp_path / "mine.yaml", cfg)
 

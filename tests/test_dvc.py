@@ -169,11 +169,18 @@ def test_metrics_show_is_a_table_a_person_can_read(project):
     assert fig3["content"]["facet"]["column"]["field"] == "metric"  # the project's template .dvc/plots/fig3.json
 
 
-def test_an_identical_rerun_from_scratch_leaves_dvc_lock_unchanged(project, tmp_path):
-    repo = tmp_path / "again"
+@pytest.fixture(scope="module")
+def rerun(project, tmp_path_factory):
+    """A clone of the project that ran `dvc repro` from nothing (no cache to pull from)."""
+    repo = tmp_path_factory.mktemp("rerun") / "again"
     run(project["repo"].parent, "git", "clone", "-q", str(project["repo"]), str(repo))
     lock = (repo / "dvc.lock").read_text()
-    run(repo, "dvc", "repro")  # everything from nothing: no cache to pull from in this clone
+    run(repo, "dvc", "repro")
+    return {"repo": repo, "lock": lock}
+
+
+def test_an_identical_rerun_from_scratch_leaves_dvc_lock_unchanged(rerun):
+    repo, lock = rerun["repo"], rerun["lock"]
     assert (repo / "dvc.lock").read_text() == lock
     assert run(repo, "git", "status", "--porcelain") == ""  # the git-tracked results are identical too
     # when/where the jobs ran stays beside the logs, where `heatedasc lineage` finds it
@@ -228,10 +235,8 @@ def test_clone_pull_checkout_and_exp_apply_need_no_extra_command(project, tmp_pa
     assert_nothing_to_do(clone)
 
 
-def test_a_real_change_reruns_exactly_what_depends_on_it(project, tmp_path):
-    clone = tmp_path / "work"
-    run(tmp_path, "git", "clone", "-q", str(project["repo"]), str(clone))
-    run(clone, "dvc", "repro")  # from scratch in this clone (no remote needed)
+def test_a_real_change_reruns_exactly_what_depends_on_it(rerun):
+    clone = rerun["repo"]  # up to date after its own `dvc repro` (the previous test checks that)
     n_runs = len(TINY_SWEEP["correction"])
 
     # One parameter: the training runs and the report. DVC sees the edit at the config stage; once that
