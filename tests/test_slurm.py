@@ -72,57 +72,15 @@ def _profile_cmd(workdir: Path, cfg: Path) -> list[str]:
     ]
 
 
-def test_profile_slurm_submits_every_job_and_train_jobs_ask_for_a_gpu(local_slurm, tmp_path):
-    slurm_dir = tmp_path / "slurm"
-    slurm_dir.mkdir()
-    cfg = _config(slurm_dir, "cfg.yaml")
-    # The literal `--profile slurm`: Snakemake finds ./slurm/config.yaml from the repository root.
-    proc = subprocess.run(_profile_cmd(slurm_dir, cfg), cwd=REPO, capture_output=True, text=True, env=venv_env())
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-
-    jobs = _slurm_jobs(slurm_dir)
-    train = [j for j in jobs if j.get("Comment", "").startswith("rule_train")]
-    others = [j for j in jobs if not j.get("Comment", "").startswith("rule_train")]
-    assert len(train) == 2, [j.get("Comment") for j in jobs]
-    assert all(j["JobState"] == "COMPLETED" for j in jobs)
-    assert all("gpu:1" in j.get("TresPerJob", "") for j in train)
-    assert not any("gpu" in j.get("TresPerJob", "") for j in others)
-    assert {j.get("Comment", "").split("_wildcards")[0] for j in others} >= {
-        "rule_prepare", "rule_features", "rule_tables"
-    }
-
-    # Inside the job the run saw SLURM's allocation (job id, the one GPU it was given): the volatile half of
-    # its provenance record, kept under logs/provenance/ (the tracked half holds nothing job-specific).
-    from heatedasc.provenance import load_volatile
-
-    for c in ("ref_abc", "none"):
-        record = slurm_dir / "results/runs" / c / "T1/focal/seed0/provenance.json"
-        assert "slurm" not in json.loads(record.read_text())
-        where = load_volatile(record, base=slurm_dir)
-        assert where["slurm"]["slurm_job_id"] in {j["JobId"] for j in train}
-        assert where["host"]["cuda_visible_devices"] == "0"
-
-    # The same DAG run locally gives the same numbers.
-    local_dir = tmp_path / "local"
-    local_dir.mkdir()
-    cfg_local = _config(local_dir, "cfg.yaml")
-    local = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--directory", str(local_dir),
-         "--configfile", str(REPO / "params.yaml"), str(cfg_local)],
-        cwd=REPO, capture_output=True, text=True, env=venv_env(), timeout=900,
-    )
-    assert local.returncode == 0, local.stderr[-8000:]
-    for c in ("ref_abc", "none"):
-        a = json.loads((slurm_dir / "results/runs" / c / "T1/focal/seed0/metrics.json").read_text())
-        b = json.loads((local_dir / "results/runs" / c / "T1/focal/seed0/metrics.json").read_text())
-        for key in ("acc_a", "acc_b", "acc_c", "avg_bc", "best_epoch"):
-            assert a[key] == pytest.approx(b[key], abs=1e-9), (c, key)
-
-
-def test_cancelled_train_job_is_reported_the_sweep_goes_on_and_the_rerun_resubmits_only_it(local_slurm, tmp_path):
-    workdir = tmp_path / "cancel"
+def test_profile_slurm_runs_the_sweep_survives_a_cancelled_train_job_and_matches_a_local_run(local_slurm, tmp_path):
+    """One sweep through the real scheduler (kept to one because each pass costs minutes on 2 cores):
+    a train job is cancelled in the queue, the failure is reported and --keep-going finishes the rest,
+    the rerun resubmits only what is missing, every train job asked for a GPU, each run saw its SLURM
+    allocation, and the numbers equal those of the same DAG run locally."""
+    workdir = tmp_path / "slurm"
     workdir.mkdir()
     cfg = _config(workdir, "cfg.yaml")
+    # The literal `--profile slurm`: Snakemake finds ./slurm/config.yaml from the repository root.
     proc = subprocess.Popen(_profile_cmd(workdir, cfg), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=venv_env())
     cancelled = None
@@ -159,3 +117,44 @@ def test_cancelled_train_job_is_reported_the_sweep_goes_on_and_the_rerun_resubmi
     assert "rule_tables" in rules
     assert (workdir / "results/runs" / gone / "T1/focal/seed0/metrics.json").is_file()
     assert (workdir / "results/tables/table2.csv").is_file()
+
+    # SLURM's record of both passes: every job completed but the cancelled one; the three train jobs (two
+    # runs, one of them twice) asked for one GPU each, and no other job asked for any.
+    jobs = _slurm_jobs(workdir)
+    train = [j for j in jobs if j.get("Comment", "").startswith("rule_train")]
+    others = [j for j in jobs if not j.get("Comment", "").startswith("rule_train")]
+    assert len(train) == 3, [j.get("Comment") for j in jobs]
+    assert {j["JobId"]: j["JobState"] for j in jobs if j["JobState"] != "COMPLETED"} == {cancelled["JobId"]: "CANCELLED"}
+    assert all("gpu:1" in j.get("TresPerJob", "") for j in train)
+    assert not any("gpu" in j.get("TresPerJob", "") for j in others)
+    assert {j.get("Comment", "").split("_wildcards")[0] for j in others} >= {
+        "rule_prepare", "rule_features", "rule_tables"
+    }
+
+    # Inside the job the run saw SLURM's allocation (job id, the one GPU it was given): the volatile half of
+    # its provenance record, kept under logs/provenance/ (the tracked half holds nothing job-specific).
+    from heatedasc.provenance import load_volatile
+
+    finished = {j["JobId"] for j in train if j["JobState"] == "COMPLETED"}
+    for c in ("ref_abc", "none"):
+        record = workdir / "results/runs" / c / "T1/focal/seed0/provenance.json"
+        assert "slurm" not in json.loads(record.read_text())
+        where = load_volatile(record, base=workdir)
+        assert where["slurm"]["slurm_job_id"] in finished
+        assert where["host"]["cuda_visible_devices"] == "0"
+
+    # The same DAG run locally gives the same numbers.
+    local_dir = tmp_path / "local"
+    local_dir.mkdir()
+    cfg_local = _config(local_dir, "cfg.yaml")
+    local = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--directory", str(local_dir),
+         "--configfile", str(REPO / "params.yaml"), str(cfg_local)],
+        cwd=REPO, capture_output=True, text=True, env=venv_env(), timeout=900,
+    )
+    assert local.returncode == 0, local.stderr[-8000:]
+    for c in ("ref_abc", "none"):
+        a = json.loads((workdir / "results/runs" / c / "T1/focal/seed0/metrics.json").read_text())
+        b = json.loads((local_dir / "results/runs" / c / "T1/focal/seed0/metrics.json").read_text())
+        for key in ("acc_a", "acc_b", "acc_c", "avg_bc", "best_epoch"):
+            assert a[key] == pytest.approx(b[key], abs=1e-9), (c, key)
