@@ -31,13 +31,13 @@ lint: setup
 	PATH="$(abspath $(BIN)):$$PATH" tools/lint.sh
 
 test-fast: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --dist loadfile -m "not workflow and not slurm"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder -m "not workflow and not slurm"
 
 test: setup lint
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tools/local-slurm.sh install && \
 	   { command -v chromium >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
 	 else echo "make test: not root, SLURM and Chromium are not installed here; their tests skip if absent"; fi
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --dist loadfile
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=10
 
 # Results from a DVC remote. Nothing else to run afterwards: Snakemake decides reruns by content
 # (heatedasc.recipes), so the fresh file dates of restored files rerun nothing.

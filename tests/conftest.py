@@ -18,3 +18,17 @@ def venv_env() -> dict:
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+# The files that run whole workflows, longest first (minutes each on 2 cores). `make test` runs pytest-xdist with
+# `--dist loadfile --no-loadscope-reorder`, which hands out files in collection order: starting the longest ones
+# first keeps both workers busy to the end instead of leaving one long file to run alone.
+SLOW_FIRST = ("test_workflow.py", "test_dvc.py", "test_data_safety.py", "test_slurm.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a file, and among the other files, stays as collected
