@@ -251,9 +251,9 @@ def test_lineage_audit_reports_exactly_what_went_stale(tmp_path):
 
 @pytest.mark.workflow
 def test_a_changed_module_reruns_exactly_the_jobs_whose_code_imports_it(tmp_path):
-    """In a scratch copy of the package, each module in turn gets an edit; `snakemake -n` and the lineage
-    audit must mark exactly the jobs whose adapter script imports it (directly or not). The expected set
-    comes from the standard library's ModuleFinder, not from the workflow's own import reader."""
+    """In a scratch copy of the package, modules get an edit (three alone, then all at once); for each, `snakemake -n`
+    and the lineage audit must mark exactly the jobs whose adapter script imports it (directly or not). The expected
+    set comes from the standard library's ModuleFinder, not from the workflow's own import reader."""
     import modulefinder
     import shutil
 
@@ -290,11 +290,15 @@ def test_a_changed_module_reruns_exactly_the_jobs_whose_code_imports_it(tmp_path
     not_code = {"logutil", "provenance"}  # the job's log and its record: they describe results, not make them
 
     modules = sorted({p.stem for p in (copy / "src" / "heatedasc").glob("*.py") if p.stem != "__init__"} | {"report"})
-    checked = 0
-    for module in modules:
-        target = copy / "src" / "heatedasc" / (f"{module}/__init__.py" if module == "report" else f"{module}.py")
-        original = target.read_text()
-        target.write_text(original + "\n# an edit\n")
+    targets = {m: copy / "src" / "heatedasc" / (f"{m}/__init__.py" if m == "report" else f"{m}.py") for m in modules}
+    originals = {m: t.read_text() for m, t in targets.items()}
+    reason = {m: f"code src/heatedasc/{t.relative_to(copy / 'src' / 'heatedasc').as_posix()} changed" for m, t in targets.items()}
+    expected = {m: {rule for rule, script in scripts.items() if m in runs[script] - not_code} for m in modules}
+
+    def plan_and_audit(edited):
+        """Edit `edited`, plan, audit; return {module: (rules snakemake marks, stages lineage marks)}."""
+        for m in edited:
+            targets[m].write_text(originals[m] + "\n# an edit\n")
         try:
             plan = subprocess.run(base_cmd + ["-n", "--quiet", "rules"], env=env, capture_output=True, text=True)
             assert plan.returncode == 0, plan.stderr[-3000:]
@@ -302,16 +306,30 @@ def test_a_changed_module_reruns_exactly_the_jobs_whose_code_imports_it(tmp_path
             for f in (work / ".snakemake" / "heatedasc" / "recipes").glob("*/*.json"):
                 d = json.loads(f.read_text())
                 decided[d["job"].split("(")[0]] = [c for c in d["changed"] if c.startswith("code ")]
-            marked = {rule for rule, reasons in decided.items() if reasons}
-            expected = {rule for rule, script in scripts.items() if module in runs[script] - not_code}
-            assert marked == expected, (module, marked, expected)
-            assert all(r == [f"code src/heatedasc/{target.relative_to(copy / 'src' / 'heatedasc').as_posix()} changed"]
-                       for r in decided.values() if r), module
+            # nothing but the edited files is ever named
+            assert {c for reasons in decided.values() for c in reasons} <= {reason[m] for m in edited}, edited
             root = lineage.audit(work / "results" / "report.html", results_dir=work / "results", base=work)
-            own = {Path(n["record"]).name and n["stage"] for n in lineage.to_dict(root)["jobs"]
-                   if any(c.startswith("code ") for c in n["changes"])}
-            assert own == expected, (module, own, expected)
-            checked += bool(expected)
+            jobs = lineage.to_dict(root)["jobs"]
+            return {m: ({rule for rule, reasons in decided.items() if reason[m] in reasons},
+                        {n["stage"] for n in jobs if reason[m] in n["changes"]}) for m in edited}
         finally:
-            target.write_text(original)
+            for m in edited:
+                targets[m].write_text(originals[m])
+
+    # One module at a time, for a leaf of the training code, a module deep under correction and features, and
+    # one that no job runs: exactly the expected jobs and nothing else.
+    singles = ["losses", "dsp", "compare"]
+    assert expected["losses"] == {"train"} and not expected["compare"] and len(expected["dsp"]) > 3, expected
+    for module in singles:
+        marked, own = plan_and_audit([module])[module]
+        assert marked == expected[module], (module, marked, expected[module])
+        assert own == expected[module], (module, own, expected[module])
+
+    # Then every module edited at once (one plan instead of one per module: each plan costs seconds): each job
+    # names each changed file it imports, so per module the jobs naming it must be exactly its importers.
+    checked = 0
+    for module, (marked, own) in plan_and_audit(modules).items():
+        assert marked == expected[module], (module, marked, expected[module])
+        assert own == expected[module], (module, own, expected[module])
+        checked += bool(expected[module])
     assert checked >= 12  # most modules are code of some job
