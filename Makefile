@@ -37,7 +37,12 @@ test: setup lint
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tools/local-slurm.sh install && \
 	   { command -v chromium >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
 	 else echo "make test: not root, SLURM and Chromium are not installed here; their tests skip if absent"; fi
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=10
+	@# Snakemake's SLURM plugin runs `scontrol show config` each time snakemake starts: with SLURM installed but its
+	@# daemons down, that waits ~9 s per call. So the local node runs for the whole session (stopped after, if started here).
+	started=; if [ "$$(id -u)" = 0 ] && command -v slurmctld >/dev/null && ! tools/local-slurm.sh status; then \
+	   tools/local-slurm.sh start && started=1; fi; \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=10; \
+	rc=$$?; if [ -n "$$started" ]; then tools/local-slurm.sh stop; fi; exit $$rc
 
 # Results from a DVC remote. Nothing else to run afterwards: Snakemake decides reruns by content
 # (heatedasc.recipes), so the fresh file dates of restored files rerun nothing.
