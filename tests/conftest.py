@@ -20,10 +20,11 @@ def venv_env() -> dict:
     return env
 
 
-# The files that run whole workflows, longest first (minutes each on 2 cores). `make test` runs pytest-xdist with
-# `--dist loadfile --no-loadscope-reorder`, which hands out files in collection order: starting the longest ones
-# first keeps both workers busy to the end instead of leaving one long file to run alone.
-SLOW_FIRST = ("test_workflow.py", "test_dvc.py", "test_data_safety.py", "test_slurm.py")
+# The files that run whole workflows (minutes each on 2 cores). `make test` runs pytest-xdist with
+# `--dist loadfile --no-loadscope-reorder`, which hands out files in collection order: starting the long ones first
+# keeps both workers busy to the end instead of leaving one long file to run alone. The SLURM sweep goes first: it
+# is the longest and mostly waits for the scheduler, so the other worker's CPU-bound files fill that time.
+SLOW_FIRST = ("test_slurm.py", "test_workflow.py", "test_dvc.py", "test_data_safety.py")
 
 
 def pytest_collection_modifyitems(config, items):
