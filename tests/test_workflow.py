@@ -295,8 +295,9 @@ def test_a_changed_module_reruns_exactly_the_jobs_whose_code_imports_it(tmp_path
     reason = {m: f"code src/heatedasc/{t.relative_to(copy / 'src' / 'heatedasc').as_posix()} changed" for m, t in targets.items()}
     expected = {m: {rule for rule, script in scripts.items() if m in runs[script] - not_code} for m in modules}
 
-    def plan_and_audit(edited):
-        """Edit `edited`, plan, audit; return {module: (rules snakemake marks, stages lineage marks)}."""
+    def check(edited) -> int:
+        """Edit `edited`, plan and audit: per module, `snakemake -n` and lineage mark exactly its importers.
+        Returns how many of the edited modules are code of some job."""
         for m in edited:
             targets[m].write_text(originals[m] + "\n# an edit\n")
         try:
@@ -310,26 +311,23 @@ def test_a_changed_module_reruns_exactly_the_jobs_whose_code_imports_it(tmp_path
             assert {c for reasons in decided.values() for c in reasons} <= {reason[m] for m in edited}, edited
             root = lineage.audit(work / "results" / "report.html", results_dir=work / "results", base=work)
             jobs = lineage.to_dict(root)["jobs"]
-            return {m: ({rule for rule, reasons in decided.items() if reason[m] in reasons},
-                        {n["stage"] for n in jobs if reason[m] in n["changes"]}) for m in edited}
+            for m in edited:
+                marked = {rule for rule, reasons in decided.items() if reason[m] in reasons}
+                own = {n["stage"] for n in jobs if reason[m] in n["changes"]}
+                assert marked == expected[m], (m, marked, expected[m])
+                assert own == expected[m], (m, own, expected[m])
+            return sum(bool(expected[m]) for m in edited)
         finally:
             for m in edited:
                 targets[m].write_text(originals[m])
 
     # One module at a time, for a leaf of the training code, a module deep under correction and features, and
     # one that no job runs: exactly the expected jobs and nothing else.
-    singles = ["losses", "dsp", "compare"]
     assert expected["losses"] == {"train"} and not expected["compare"] and len(expected["dsp"]) > 3, expected
-    for module in singles:
-        marked, own = plan_and_audit([module])[module]
-        assert marked == expected[module], (module, marked, expected[module])
-        assert own == expected[module], (module, own, expected[module])
+    for module in ("losses", "dsp", "compare"):
+        check([module])
 
     # Then every module edited at once (one plan instead of one per module: each plan costs seconds): each job
     # names each changed file it imports, so per module the jobs naming it must be exactly its importers.
-    checked = 0
-    for module, (marked, own) in plan_and_audit(modules).items():
-        assert marked == expected[module], (module, marked, expected[module])
-        assert own == expected[module], (module, own, expected[module])
-        checked += bool(expected[module])
+    checked = check(modules)
     assert checked >= 12  # most modules are code of some job
