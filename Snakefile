@@ -1,5 +1,5 @@
 # Heated-up softmax + spectrum correction for mismatched-device acoustic scene classification.
-# Thin entry point: configuration, validation, the rule files and the default target.
+# Thin entry point: configuration, validation, the rule files, the default target and the currency check.
 #   snakemake --cores all --configfile params.yaml config/smoke.yaml     # the demo
 #   snakemake -n                                                          # plan the paper grid
 #   snakemake --profile slurm                                             # the same DAG on SLURM
@@ -8,9 +8,11 @@ from snakemake.logging import logger
 from snakemake.utils import min_version
 
 from heatedasc.config import hidden_edits, validate_config
+from heatedasc.currency import Currency
 from heatedasc.ownership import check_data_root
+from heatedasc.schedulers import check_cluster_reachable
 
-min_version("9.0")
+min_version("9.15")
 
 
 configfile: os.path.join(workflow.basedir, "params.yaml")
@@ -19,7 +21,8 @@ configfile: os.path.join(workflow.basedir, "params.yaml")
 validate_config(config)  # the project's one loader: schema + cross-key checks (heatedasc.config)
 for problem in hidden_edits([os.path.join(workflow.basedir, "params.yaml"), *workflow.overwrite_configfiles]):
     logger.warning(f"warning: {problem}")  # DVC's config stage refuses these; a plain run only warns
-# before any job (and in `snakemake -n`): never plan to overwrite a dataset the generator did not write
+# before any job (and in `snakemake -n`): never plan to overwrite a dataset the generator did not write, and never
+# plan from a data root that is not there
 check_data_root(config["data"]["root"], synth_enabled=config["synth"]["enabled"])
 
 
@@ -54,3 +57,23 @@ rule features_all:
 rule train_all:
     input:
         all_run_files("metrics.json"),
+
+
+# Snakemake decides what reruns, by its own rules; heatedasc.currency makes the file dates it reads true to
+# content first (after `dvc pull`, `dvc checkout` or `git checkout` they are not), and gives each out-of-date
+# job an input that names why. Every rule that writes files must record them: one that forgets stops here.
+CURRENCY = Currency(workflow, config)
+CURRENCY.install()
+
+
+onstart:
+    check_cluster_reachable(workflow)  # before Snakemake removes any output to rerun it
+
+
+onsuccess:
+    # Every job of this run is current by content now, or the run fails naming the ones that are not (so
+    # `dvc repro` never locks a state whose records disagree with the files).
+    stale = [] if run_was_partial(workflow) else CURRENCY.verify()
+    if stale:
+        raise WorkflowError("these results are not current after the run:\n" + "\n".join(
+            f"  {d.job}: {'; '.join(d.reasons) or d.state}" for d in stale))

@@ -49,6 +49,7 @@ from heatedasc.model import ASCNet, block_output_shapes
 from heatedasc.runtime import cuda_diagnosis, nvidia_driver, resolve_device
 from heatedasc.train import (
     COMPILE_DEVICES,
+    EXECUTION_KEYS,
     BatchRunner,
     make_optimizer,
     resolve_runtime,
@@ -149,7 +150,8 @@ def load_params(path: Path) -> dict:
 
 
 def train_config(params: dict, args, sz: dict, **overrides) -> dict:
-    cfg = dict(params["train"])
+    """params.yaml's train section and its speed-only execution.train settings, as one dict."""
+    cfg = {**params["train"], **params["execution"]["train"]}
     cfg.update(device=args.device, batch_size=sz["batch"])
     if sz["eval_batch"]:
         cfg["eval_batch_size"] = sz["eval_batch"]
@@ -255,7 +257,9 @@ def run(caches: tuple, out_dir: Path, *, params: dict, train_cfg: dict, seed: in
     (train_npy, train_csv), (eval_npy, eval_csv) = caches
     return run_training(train_npy=train_npy, train_index=train_csv, eval_npy=eval_npy, eval_index=eval_csv,
                         out_dir=out_dir, correction="ref_abc", temperature=10.0, loss="focal", seed=seed,
-                        model_cfg=model_config(params), loss_cfg=dict(params["loss"]), train_cfg=train_cfg,
+                        model_cfg=model_config(params), loss_cfg=dict(params["loss"]),
+                        train_cfg={k: v for k, v in train_cfg.items() if k not in EXECUTION_KEYS},
+                        execution_cfg={k: v for k, v in train_cfg.items() if k in EXECUTION_KEYS},
                         threads=torch.get_num_threads(), progress=False, **kw)
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import os
 import shutil
@@ -15,7 +16,13 @@ import pytest
 from conftest import REPO, venv_env
 from test_workflow import TINY, snakemake, write_override
 
-from heatedasc.ownership import OWNER_MARKER, ForeignDataRootError, check_data_root, check_synthetic_root
+from heatedasc.ownership import (
+    OWNER_MARKER,
+    DataRootMissingError,
+    ForeignDataRootError,
+    check_data_root,
+    check_synthetic_root,
+)
 from heatedasc.synth import generate_dataset
 
 SYNTH = dict(seed=3, clip_seconds=0.5, sample_rate=44100, train_parallel_per_scene=2, train_a_only_per_scene=2,
@@ -91,7 +98,18 @@ def test_the_repositorys_synthetic_folder_may_not_hold_a_users_data(tmp_path):
     (home / "meta.csv").write_text("filename\tscene_label\tidentifier\tsource_label\n")
     with pytest.raises(ForeignDataRootError, match="is the synthetic generator's folder"):
         check_data_root("data/synthetic", synth_enabled=False, base=tmp_path)
+    (tmp_path / "elsewhere").mkdir()
     check_data_root(str(tmp_path / "elsewhere"), synth_enabled=False, base=tmp_path)  # a user's root: read-only input
+
+
+def test_a_data_root_that_does_not_exist_stops_planning_naming_the_key_and_the_path(tmp_path):
+    """With synthesis off, no folder at data.root: never a plan (or a result) made from leftovers."""
+    with pytest.raises(DataRootMissingError, match=re.escape(
+            f"data.root '{tmp_path / 'nowhere'}' does not exist (or is not a folder)")):
+        check_data_root(str(tmp_path / "nowhere"), synth_enabled=False, base=tmp_path)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DataRootMissingError, match="a-file' does not exist"):
+        check_data_root(str(tmp_path / "a-file"), synth_enabled=False, base=tmp_path)
 
 
 def demo_override(tmp_path: Path, root: Path, **extra) -> Path:

@@ -2,6 +2,7 @@
 partial grid, paired significance, calibration, confusion sums, the no-runs error and the HTML report."""
 
 import base64
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from conftest import REPO
 
 from heatedasc.report import REGISTRY, render_all
+from heatedasc.report.html import code_digest, recipe_digest
 from heatedasc.report import diagnostics as dx
 from heatedasc.report.runs import discover_runs
 
@@ -58,11 +60,12 @@ def write_run(results: Path, correction, t, loss, seed, *, acc_a, acc_b, acc_c, 
         emb = rng.normal(size=(40, 64)).astype(np.float32)
         np.savez(run / "embeddings.npz", train_embeddings=emb, train_labels=rng.integers(0, SCENES, 40),
                  test_embeddings=emb[:20], test_labels=rng.integers(0, SCENES, 20))
-        prov = {"stage": "train", "fingerprint": f"f00d{seed}" + "0" * 59,
+        prov = {"record_version": 2, "rule": "train",
                 "wildcards": {"correction": correction, "temperature": str(t), "loss": loss, "seed": str(seed)},
+                "params": {"train": {"epochs": 3}},
                 "inputs": {"train": {"results/features/x/train.npy": "a1" * 32},
                            "evaluate": {"results/features/x/evaluate.npy": "b2" * 32}},
-                "code": {"package_sha256": "c0ffee" * 10 + "abcd"}, "packages": {"torch": "2.11.0"}}
+                "code": {"heatedasc/train.py": "c0ffee" * 10 + "abcd"}, "packages": {"torch": "2.11.0"}}
         (run / "provenance.json").write_text(json.dumps(prov))
     return run
 
@@ -79,14 +82,16 @@ ACC = {
 
 @pytest.fixture(scope="module")
 def partial(tmp_path_factory):
-    results = tmp_path_factory.mktemp("rep") / "results"
+    """The runs of a partial grid under src/, and the report `heatedasc report` renders from them under results/."""
+    base = tmp_path_factory.mktemp("rep")
+    src, results = base / "src", base / "results"
     for (c, t, loss), seeds in ACC.items():
         for seed, (a, b, cc) in enumerate(seeds):
-            write_run(results, c, t, loss, seed, acc_a=a, acc_b=b, acc_c=cc, ece=0.05 * (seed + 1))
+            write_run(src, c, t, loss, seed, acc_a=a, acc_b=b, acc_c=cc, ece=0.05 * (seed + 1))
     # a run that left only its metrics.json (no predictions, embeddings or provenance record)
-    write_run(results, "ref_bc", 10, "ce", 0, acc_a=0.5, acc_b=0.5, acc_c=0.5, extras=False)
+    write_run(src, "ref_bc", 10, "ce", 0, acc_a=0.5, acc_b=0.5, acc_c=0.5, extras=False)
     cfg = base_config()
-    out = render_all(results, cfg)
+    out = render_all(src, cfg, results)
     return results, cfg, out
 
 
@@ -354,7 +359,13 @@ def test_html_report_contains_every_artefact(partial):
     lineage = page.split('<section id="lineage">', 1)[1].split("</section>", 1)[0]
     assert lineage.count("<tr><td><code>") == sum(len(v) for v in ACC.values())
     assert "ref_bc/T10/ce/seed0/provenance.json: no provenance record" in lineage
-    assert "ref_abc/10/focal/2" in lineage and "f00d20000000" in lineage and "c0ffeec0ffee" in lineage
+    record = json.loads((results.parent / "src" / "runs" / "ref_abc" / "T10" / "focal" / "seed2" / "provenance.json")
+                        .read_text())
+    assert "ref_abc/10/focal/2" in lineage and recipe_digest(record)[:12] in lineage
+    assert code_digest(record)[:12] in lineage  # one digest of the code closure
+    assert recipe_digest(record) == hashlib.sha256(json.dumps(
+        {k: record.get(k) for k in ("rule", "wildcards", "params", "code", "cpu", "inputs")}, sort_keys=True,
+        separators=(",", ":")).encode()).hexdigest()
     assert "2.11.0" in lineage and "heatedasc lineage results/runs/" in lineage  # where the when/where lives
     assert ("a1" * 6) in lineage and ("b2" * 6) in lineage  # feature-cache hashes
     for name in ("table2.csv", "calibration.csv", "significance.csv"):

@@ -65,10 +65,10 @@ def small_results(tmp_path_factory):
 def test_a_toy_artefact_in_a_temporary_registry_is_rendered_and_shown_on_the_page(small_results, tmp_path):
     registry = REGISTRY.with_artefact(TOY)
     assert [a.name for a in registry.render_order()][-1] == "report_html"  # the page still renders last
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "runs").symlink_to(small_results / "runs")
-    out = render_all(results, base_config(), registry=registry)
+    src, results = tmp_path / "src", tmp_path / "results"  # the runs, and the report rendered from them
+    src.mkdir()
+    (src / "runs").symlink_to(small_results / "runs")
+    out = render_all(src, base_config(), results, registry=registry)
     assert out["toy"] == str(results / "tables" / "toy.csv") and out["toy_png"] == str(results / "figures" / "toy.png")
     assert pd.read_csv(out["toy"]).to_dict("list") == {"correction": ["none", "ref_abc"], "runs": [3, 3]}
     assert (results / "tables" / "toy.md").read_text() == (
@@ -157,13 +157,13 @@ def test_no_two_dvc_outputs_overlap():
 def test_the_snakemake_job_path_writes_what_render_all_writes(small_results, tmp_path):
     """Each artefact rendered as its Snakemake job would (inputs named by Registry.rule_inputs, params from
     Artefact.params) gives the files `heatedasc report` gives."""
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "runs").symlink_to(small_results / "runs")
+    src, results = tmp_path / "src", tmp_path / "results"  # the runs, and the report rendered from them
+    src.mkdir()
+    (src / "runs").symlink_to(small_results / "runs")
     config = base_config()
-    everything = render_all(results, config)
-    run_dirs = sorted(p.parent for p in (results / "runs").glob("*/T*/*/seed*/metrics.json"))
-    fig2 = {"1": str(results / "runs" / "ref_abc" / "T1" / "focal" / "seed0" / "embeddings.npz")}
+    everything = render_all(src, config, results)
+    run_dirs = sorted(p.parent for p in (src / "runs").glob("*/T*/*/seed*/metrics.json"))
+    fig2 = {"1": str(src / "runs" / "ref_abc" / "T1" / "focal" / "seed0" / "embeddings.npz")}
     job = tmp_path / "job"
     for artefact in REGISTRY:
         inputs = REGISTRY.rule_inputs(artefact, run_files=lambda name: [str(d / name) for d in run_dirs],
@@ -194,12 +194,12 @@ def html_cells(section: str) -> list[list[str]]:
 
 
 def test_every_table_on_the_page_has_the_cells_of_its_markdown_file(small_results, tmp_path):
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "runs").symlink_to(small_results / "runs")
+    src, results = tmp_path / "src", tmp_path / "results"  # the runs, and the report rendered from them
+    src.mkdir()
+    (src / "runs").symlink_to(small_results / "runs")
     config = base_config()
     config["report"]["comparisons"][0]["name"] = "a | b"  # a pipe in a cell stays one cell in both
-    out = render_all(results, config)
+    out = render_all(src, config, results)
     page = Path(out["report_html"]).read_text()
     tables = [t for a in REGISTRY for t in a.tables]
     assert [t.markdown for t in tables] == ["table2_md", "table3_md", "calibration_md", "significance_md"]
@@ -211,13 +211,13 @@ def test_every_table_on_the_page_has_the_cells_of_its_markdown_file(small_result
 
 
 def test_a_configured_caveat_is_printed_once_on_the_page_and_on_the_result_tables(small_results, tmp_path):
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "runs").symlink_to(small_results / "runs")
+    src, results = tmp_path / "src", tmp_path / "results"  # the runs, and the report rendered from them
+    src.mkdir()
+    (src / "runs").symlink_to(small_results / "runs")
     config = base_config()
     caveat = "Demo runs: too short to test the claims of the paper."
     config["report"]["caveat"] = caveat
-    out = render_all(results, config)
+    out = render_all(src, config, results)
     for key in ("table2_md", "table3_md", "significance_md"):
         assert Path(out[key]).read_text().splitlines()[2] == caveat, key
     assert caveat not in Path(out["calibration_md"]).read_text()
@@ -225,7 +225,7 @@ def test_a_configured_caveat_is_printed_once_on_the_page_and_on_the_result_table
     assert page.split('<section id="config">')[0].count(caveat) == 1  # once, besides the config dump
     assert '<section id="caveat"><div class="warn"><p>' in page
     config["report"]["caveat"] = ""
-    out = render_all(results, config)
+    out = render_all(src, config, results)
     assert Path(out["table2_md"]).read_text().splitlines()[2].startswith("| correction |")
     assert '<section id="caveat">' not in Path(out["report_html"]).read_text()
 

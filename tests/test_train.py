@@ -21,6 +21,7 @@ from heatedasc.metrics import ece_from_bins, expected_calibration_error, reliabi
 from heatedasc.model import ASCNet  # noqa: E402
 from heatedasc.tau import select_holdout  # noqa: E402
 from heatedasc.train import (  # noqa: E402
+    EXECUTION_KEYS,
     HISTORY_COLUMNS,
     BatchRunner,
     draw_epoch_mixup,
@@ -39,8 +40,16 @@ MODEL_CFG = dict(channels=[16, 32, 32, 64, 64], strides=[1, 2, 1, 2, 1], kernel_
 LOSS_CFG = dict(gamma=1.0, focal_form="eq2")
 TRAIN_CFG = dict(epochs=3, batch_size=16, lr=0.5, rho=0.95, eps=1e-7, weight_decay_l2=1e-5, mixup_alpha=0.2,
                  plateau_factor=0.1, plateau_patience=16, plateau_min_delta=1e-3, monitor="avg_bc",
-                 selection="test", holdout_fraction=0.25, holdout_seed=0, deterministic=False, device="cpu", amp=True,
-                 amp_dtype="bf16", channels_last=True, compile=True, compile_mode="default", eval_batch_size=128)
+                 selection="test", holdout_fraction=0.25, holdout_seed=0, deterministic=False, amp=True,
+                 amp_dtype="bf16")
+EXEC_CFG = dict(device="cpu", channels_last=True, compile=True, compile_mode="default", eval_batch_size=128)
+
+
+def split_cfg(overrides: dict | None) -> tuple[dict, dict]:
+    """(train section, execution.train section) with `overrides` applied to whichever holds each key."""
+    overrides = overrides or {}
+    execution = {**EXEC_CFG, **{k: v for k, v in overrides.items() if k in EXECUTION_KEYS}}
+    return {**TRAIN_CFG, **{k: v for k, v in overrides.items() if k not in EXECUTION_KEYS}}, execution
 
 
 def write_cache(folder, split, n, *, seed, n_classes=3, devices=("a", "b", "c"), shape=(N_MELS, N_FRAMES)):
@@ -71,10 +80,11 @@ def train(cache, out_dir, *, temperature=10.0, loss="focal", seed=0, train_cfg=N
     folder, (train_npy, train_csv), (eval_npy, eval_csv) = cache
     if test is not None:
         eval_npy, eval_csv = test
+    train_section, execution = split_cfg(train_cfg)
     return run_training(
         train_npy=train_npy, train_index=train_csv, eval_npy=eval_npy, eval_index=eval_csv, out_dir=out_dir,
         temperature=temperature, loss=loss, seed=seed, model_cfg=MODEL_CFG, loss_cfg=LOSS_CFG,
-        train_cfg={**TRAIN_CFG, **(train_cfg or {})}, threads=1, progress=False, **kw,
+        train_cfg=train_section, execution_cfg=execution, threads=1, progress=False, **kw,
     )
 
 
@@ -477,11 +487,13 @@ def test_bad_input_errors(cache, tmp_path):
             "loss.focal_form must be one of ('eq2', 'target_prob'), got 'eq3'")):
         run_training(train_npy=cache[1][0], train_index=cache[1][1], eval_npy=cache[2][0], eval_index=cache[2][1],
                      out_dir=out, temperature=1.0, loss="focal", seed=0, model_cfg=MODEL_CFG,
-                     loss_cfg={"gamma": 1.0, "focal_form": "eq3"}, train_cfg=TRAIN_CFG, progress=False)
+                     loss_cfg={"gamma": 1.0, "focal_form": "eq3"}, train_cfg=TRAIN_CFG, execution_cfg=EXEC_CFG,
+                     progress=False)
     with pytest.raises(ValueError, match=re.escape("train.epochs is missing from the training config")):
         run_training(train_npy=cache[1][0], train_index=cache[1][1], eval_npy=cache[2][0], eval_index=cache[2][1],
                      out_dir=out, temperature=1.0, loss="ce", seed=0, model_cfg=MODEL_CFG, loss_cfg=LOSS_CFG,
-                     train_cfg={k: v for k, v in TRAIN_CFG.items() if k != "epochs"}, progress=False)
+                     train_cfg={k: v for k, v in TRAIN_CFG.items() if k != "epochs"}, execution_cfg=EXEC_CFG,
+                     progress=False)
     no_c = write_cache(tmp_path / "noc", "evaluate", 12, seed=2, devices=("a", "b"))
     with pytest.raises(ValueError, match=re.escape(f"{no_c[1]}: no rows of device 'c' in the evaluation cache")):
         train(cache, out, test=no_c)
@@ -531,7 +543,7 @@ def test_loop_learns_separable_data(cache, tmp_path):
     m = run_training(
         train_npy=train_npy, train_index=train_csv, eval_npy=eval_npy, eval_index=eval_csv, out_dir=tmp_path / "l",
         temperature=1.0, loss="ce", seed=0, model_cfg={**MODEL_CFG, "bn_momentum_keras": 0.5}, loss_cfg=LOSS_CFG,
-        train_cfg={**TRAIN_CFG, "epochs": 10}, progress=False,
+        train_cfg={**TRAIN_CFG, "epochs": 10}, execution_cfg=EXEC_CFG, progress=False,
     )
     assert m["acc_overall"] > 0.8  # chance is 1/3
     hist = pd.read_csv(tmp_path / "l" / "history.csv")
@@ -594,9 +606,9 @@ def test_compile_failure_stops_the_run_naming_the_switch(cache, tmp_path, monkey
 
     monkeypatch.setattr(tr, "COMPILE_DEVICES", ("cuda", "cpu"))
     monkeypatch.setattr(tr, "compile_fn", lambda fn, mode: torch.compile(fn, backend=failing_backend, fullgraph=True))
-    with pytest.raises(RuntimeError, match=r"(?s)^train\.compile: torch\.compile failed on the training step "
+    with pytest.raises(RuntimeError, match=r"(?s)^execution\.train\.compile: torch\.compile failed on the training step "
                                            r"\(BackendCompilerFailed: .*no C\+\+ compiler.*\); "
-                                           r"set train\.compile: false to train without it$") as info:
+                                           r"set execution\.train\.compile: false to train without it$") as info:
         train(cache, tmp_path / "boom", train_cfg={"epochs": 1})
     assert isinstance(info.value.__cause__, torch._dynamo.exc.BackendCompilerFailed)
     assert not (tmp_path / "boom" / "metrics.json").exists()
@@ -634,16 +646,16 @@ def test_runtime_is_eager_fp32_off_cuda_and_new_keys_are_checked(cache, tmp_path
     with pytest.raises(ValueError, match=re.escape("train.amp_dtype must be one of ('bf16', 'fp16'), got 'fp8'")):
         train(cache, out, train_cfg={"amp_dtype": "fp8"})
     with pytest.raises(ValueError, match=re.escape(
-            "train.compile_mode must be one of ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs'), "
+            "execution.train.compile_mode must be one of ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs'), "
             "got 'max-autotune'")):
         train(cache, out, train_cfg={"compile_mode": "max-autotune"})
-    with pytest.raises(ValueError, match=re.escape("train.compile must be true or false, got 'yes'")):
+    with pytest.raises(ValueError, match=re.escape("execution.train.compile must be true or false, got 'yes'")):
         train(cache, out, train_cfg={"compile": "yes"})
-    with pytest.raises(ValueError, match=re.escape("train.compile is missing from the training config")):
+    with pytest.raises(ValueError, match=re.escape("execution.train.compile is missing from the training config")):
         run_training(
             train_npy=cache[1][0], train_index=cache[1][1], eval_npy=cache[2][0], eval_index=cache[2][1],
             out_dir=out, temperature=1.0, loss="ce", seed=0, model_cfg=MODEL_CFG, loss_cfg=LOSS_CFG,
-            train_cfg={k: v for k, v in TRAIN_CFG.items() if k != "compile"}, progress=False)
+            train_cfg=TRAIN_CFG, execution_cfg={k: v for k, v in EXEC_CFG.items() if k != "compile"}, progress=False)
     assert not out.exists()
 
 
@@ -652,7 +664,7 @@ def test_a_job_given_a_gpu_torch_cannot_use_stops_before_reading_any_data(cache,
     monkeypatch.setenv("SLURM_JOB_GPUS", "0")
     gone = tmp_path / "gone" / "evaluate.npy"
     with pytest.raises(ValueError, match=re.escape(
-            "train.device is 'auto' and this job was given a GPU (SLURM_JOB_GPUS=0), but torch ")):
+            "execution.train.device is 'auto' and this job was given a GPU (SLURM_JOB_GPUS=0), but torch ")):
         train(cache, tmp_path / "run", train_cfg={"device": "auto"}, test=(gone, cache[2][1]))
     assert not (tmp_path / "run").exists()
     # the same job with an explicit CPU device trains (here: fails on the missing cache, as it should)

@@ -37,7 +37,11 @@ def _version() -> str:
 
 
 def _configfiles(args) -> list[str] | None:
-    return list(args.configfile) if args.configfile else None
+    """The files a command merges: params.yaml first, then --configfile's, as the Snakefile and `snakemake
+    --configfile` merge them (None: the pipeline's default files)."""
+    from heatedasc.config import PARAMS_FILE
+
+    return [PARAMS_FILE, *args.configfile] if args.configfile else None
 
 
 # --------------------------------------------------------------------------------------- commands
@@ -81,7 +85,7 @@ def _report(args) -> int:
     from heatedasc.report.render import render_all
 
     config = load_config(_configfiles(args))
-    for key, path in render_all(args.results, config).items():
+    for key, path in render_all(args.results, config, args.out).items():
         print(f"{key:16s} {path}")
     return 0
 
@@ -92,18 +96,17 @@ def _lineage(args) -> int:
     from heatedasc import lineage
     from heatedasc.config import default_configfiles, load_config
 
-    if not args.no_plan:
-        files = _configfiles(args) or default_configfiles()
-        load_config(files)  # a bad config is named here, not inside snakemake's output
-        lineage.plan(files)
-    root = lineage.audit(args.target, results_dir=args.results, use_plan=not args.no_plan)
+    files = _configfiles(args) or default_configfiles()
+    config = load_config(files)  # a bad config is named here, not inside snakemake's output
+    decisions = None if args.no_plan else lineage.plan(files)
+    root = lineage.audit(args.target, results_dir=args.results, decisions=decisions, data_root=config["data"]["root"])
     if args.json:
         print(json.dumps(lineage.to_dict(root), indent=2))
     else:
         print(lineage.render(root, verbose=args.verbose))
         stale = lineage.stale_records(root)
-        print(f"\n{args.target}: " + ("every link matches what is on disk and the current recipes" if not root.stale
-                                      else f"STALE — {len(stale)} job(s) changed: " + ", ".join(stale)))
+        print(f"\n{args.target}: " + ("every link matches what is on disk and what each job would read now"
+                                      if not root.stale else f"STALE — {len(stale)} job(s) changed: " + ", ".join(stale)))
     return EXIT_DIFFERENT if root.stale else 0
 
 
@@ -182,9 +185,13 @@ def build_parser() -> Parser:
         "report", help="render the tables, figures and HTML page from the runs that exist",
         description="Render Table 2, Table 3, Fig. 3, Fig. 2, the calibration, confusion and significance tables "
         "and the self-contained HTML page from the per-run outputs under RESULTS/runs — the same code the "
-        "workflow's report rules run. Useful after a partial sweep: cells without runs are shown as missing.",
+        "workflow's report rules run — into a folder of its own (--out). Useful after a partial sweep: cells "
+        "without runs are shown as missing. The workflow's tracked report is left as it is.",
     )
-    p.add_argument("--results", default="results", help="the results folder (default: results)")
+    p.add_argument("--results", default="results", help="the results folder to read runs from (default: results)")
+    p.add_argument("--out", default="partial-report",
+                   help="the folder to write into (default: partial-report); never the workflow's own results, "
+                        "which Snakemake and DVC track")
     p.add_argument("--configfile", nargs="+", metavar="FILE", help=CONFIGFILE_HELP)
     p.set_defaults(func=_report)
 

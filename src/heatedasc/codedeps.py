@@ -15,7 +15,8 @@ from pathlib import Path
 
 PACKAGE = "heatedasc"
 PACKAGE_DIR = Path(__file__).resolve().parent
-NOT_CODE = frozenset({"logutil", "provenance"})
+# Bookkeeping around a job (its log, its record, the run-time checks of the workflow): describes results, never makes them.
+NOT_CODE = frozenset({"logutil", "provenance", "hashing", "job", "currency", "codedeps"})
 
 
 def package_imports(source: str, modules: set[str], package: str = PACKAGE) -> set[str]:
@@ -111,19 +112,31 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def package_key(path: Path) -> str:
+    """A library file's portable name: relative to the folder holding the package (`heatedasc/losses.py`), so the
+    same code gives the same name in any clone, installed or editable."""
+    return path.resolve().relative_to(PACKAGE_DIR.parent).as_posix()
+
+
 @lru_cache(maxsize=None)
-def code_digests(script: str, root: str) -> dict[str, str]:
-    """{path relative to `root`: sha256} of a script and every library file it runs (memoised per process)."""
-    script_path, root_path = Path(script).resolve(), Path(root).resolve()
-    files = [script_path]
+def code_digests(script: str) -> dict[str, str]:
+    """{portable name: sha256} of a workflow script (named `workflow/scripts/<file>`, its place in any clone) and of
+    every library file it runs (memoised per process)."""
+    script_path = Path(script).resolve()
+    digests = {f"{script_path.parent.parent.name}/{script_path.parent.name}/{script_path.name}": _sha256(script_path)}
     for name in sorted(script_modules(script_path)):
-        files += module_files(PACKAGE_DIR, name)
-    return {_relative(f, root_path): _sha256(f) for f in files}
+        for f in module_files(PACKAGE_DIR, name):
+            digests[package_key(f)] = _sha256(f)
+    return digests
 
 
-def _relative(path: Path, root: Path) -> str:
-    """`path` relative to the workflow's folder, or whole when the package is installed elsewhere."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
+@lru_cache(maxsize=None)
+def module_closure_digest(*modules: str) -> str:
+    """One SHA-256 over `modules` and everything they import (the same import closure the workflow records):
+    what a resumable computation keys its partial results on, so another version of the code never resumes them."""
+    graph = import_graph()
+    h = hashlib.sha256()
+    for name in sorted(closure(graph, set(modules)) - NOT_CODE):
+        for f in module_files(PACKAGE_DIR, name):
+            h.update(package_key(f).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()

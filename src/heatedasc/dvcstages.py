@@ -23,6 +23,8 @@ EFFECTIVE_CONFIG = "results/config.yaml"
 SNAKEMAKE = "snakemake {target} --cores all --logger heatedasc --configfile ${{pipeline.configfiles}}"
 WORKFLOW_FILES = ("Snakefile", "workflow/rules/common.smk", "workflow/schemas/config.schema.yaml")
 ALL_PARAMS = "*"
+# What no result depends on: speed-only settings, cluster resources and the pipeline's own file list.
+NOT_RESULTS = ("execution", "resources", "pipeline")
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ STAGES = (
         "Tables, figures, the HTML page and the metrics. Whole-folder outs: a new artefact of "
         "heatedasc.report.registry needs no edit here.",
         target="all", scripts=("report_artefact",), rules=("report",),
-        data_deps=("results/runs", "results/coefficients"), params=(ALL_PARAMS,),
+        data_deps=("results/runs", "results/coefficients"), params=(ALL_PARAMS,),  # all but NOT_RESULTS
         outs=("results/tables", "results/figures", "results/report.html", "results/report.provenance.json"),
         extra={
             "outs": [{"results/metrics.json": {"cache": False, "persist": True}}],
@@ -91,9 +93,10 @@ HEADER = """\
 # Coarse DVC stages over the Snakemake DAG: Snakemake schedules the fine-grained jobs (and SLURM), DVC
 # versions data and results, records every input's and output's hash in dvc.lock, and serves `dvc metrics`,
 # `dvc plots`, `dvc push/pull` and `dvc exp run -S ...`. Outputs are `persist: true`, so Snakemake works
-# incrementally inside a stage; it decides reruns by content (heatedasc.recipes), so files that `dvc pull`
-# or `dvc checkout` restore with fresh dates rerun nothing. Code deps are the import closure of each
-# stage's scripts; params come from results/config.yaml (the configuration that ran).
+# incrementally inside a stage; it decides what reruns by its own rules on dates that heatedasc.currency first
+# makes true to content, so files that `dvc pull` or `dvc checkout` restore with fresh dates rerun nothing. Code
+# deps are the import closure of each stage's scripts; params come from results/config.yaml (the configuration
+# that ran), speed-only settings (`execution`) and cluster resources excluded.
 """
 
 PLOTS = """\
@@ -105,6 +108,13 @@ plots:
       y: mean
       template: fig3          # .dvc/plots/fig3.json: one line per correction, one panel per metric, sd band
 """
+
+
+def result_sections() -> list[str]:
+    """The top-level config sections a result can depend on (the schema's, minus NOT_RESULTS)."""
+    from heatedasc.config import schema
+
+    return [k for k in schema()["properties"] if k not in NOT_RESULTS]
 
 
 def code_deps(stage: Stage, root: Path = REPO_ROOT) -> list[str]:
@@ -146,8 +156,8 @@ def render() -> str:
         if stage.params:
             lines.append("    params:")
             lines.append(f"      - {EFFECTIVE_CONFIG}:")
-            if ALL_PARAMS not in stage.params:
-                lines += [f"          - {p}" for p in stage.params]
+            keys = stage.params if ALL_PARAMS not in stage.params else result_sections()
+            lines += [f"          - {p}" for p in keys]
         outs = [(o, {"persist": True}) for o in stage.outs]
         for entry in stage.extra.get("outs", []):
             outs += list(entry.items())

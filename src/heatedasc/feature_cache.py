@@ -25,11 +25,13 @@ SHARD_BATCHES = 8  # batches per resumable shard (a performance/resume knob; the
 _SHARD_NAME = re.compile(r"^rows-(\d+)-(\d+)\.([0-9a-f]{16})\.npy$")
 
 
-def cache_key(rows: pd.DataFrame, extractor, stats: dict, n_samples: int) -> str:
+def cache_key(rows: pd.DataFrame, extractor, stats: dict, n_samples: int, origin: dict | None = None) -> str:
     """sha256 over everything that determines a split's cache: its manifest rows (in order), the
-    standardisation stats, the extractor settings and filterbanks (a ``LogMelExtractor``), and the clip length."""
+    standardisation stats, the extractor settings and filterbanks (a ``LogMelExtractor``), the clip length, and
+    `origin` (content digests of the audio and the code)."""
     h = hashlib.sha256()
     h.update(b"heatedasc-features-v1\0")
+    h.update(json.dumps(origin or {}, sort_keys=True).encode())
     h.update(rows.to_csv(index=False).encode())
     for key in ("mean", "std"):
         h.update(np.ascontiguousarray(stats[key], dtype=np.float64).tobytes())

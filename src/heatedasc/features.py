@@ -18,9 +18,11 @@ import torch
 from tqdm import tqdm
 
 from heatedasc.audio import audio_path, read_wave
+from heatedasc.codedeps import module_closure_digest
 from heatedasc.correction import load_coefficients
 from heatedasc.dsp import clip_pool, magnitude_blocks, magnitude_frames, mel_band_runs, mel_filterbank, stft_frame_count
 from heatedasc.feature_cache import INDEX_COLUMNS, SHARD_BATCHES, ShardedCacheWriter, cache_key, write_index
+from heatedasc.hashing import digest
 from heatedasc.runtime import resolve_device
 
 
@@ -238,7 +240,7 @@ def make_extractor(
     coefficients_path: str | os.PathLike, *, sample_rate: int, devices: Sequence[str], device: str = "cpu",
     **settings,
 ) -> LogMelExtractor:
-    """One correction's extractor (its c_d folded into the filterbanks) on ``features.device``.
+    """One correction's extractor (its c_d folded into the filterbanks) on ``execution.features.device``.
 
     On CUDA every batch is one batched STFT + mel product on the device; the numbers match the CPU
     path to float32 rounding, so caches do not depend on where they were made.
@@ -268,7 +270,8 @@ def build_feature_cache(
     rows go to ``<out_npy>.parts/<key>/`` (each written atomically, its row range and checksum in its name).
     A rerun validates and keeps them and computes only the missing ones; a corrupt or truncated
     shard is recomputed. ``<key>`` hashes the split's manifest rows, the stats, the extractor
-    settings/filterbanks and the clip length, so shards of another configuration are never used
+    settings/filterbanks, the clip length, the audio folder's and the code's content, so shards of another
+    configuration are never used
     (they are deleted). The final .npy is assembled through a memmap, hashed, renamed into place,
     and the parts folder removed. Output bytes do not depend on batch or shard sizes.
     """
@@ -292,7 +295,9 @@ def build_feature_cache(
     n_samples = len(read_wave(audio_path(audio_dir, str(rows["filename"].iloc[0]))))
     shape = (extractor.n_mels, extractor.n_frames(n_samples))
     out_npy = Path(out_npy)
-    writer = ShardedCacheWriter(out_npy, cache_key(rows, extractor, stats, n_samples), len(rows), shape,
+    # what else the shards depend on: the audio they were computed from and the code, by content
+    origin = {"audio": digest(audio_dir), "code": module_closure_digest("features")}
+    writer = ShardedCacheWriter(out_npy, cache_key(rows, extractor, stats, n_samples, origin), len(rows), shape,
                                 shard_rows=batch_size * shard_batches)
     todo = writer.missing
     with tqdm(total=len(rows), initial=len(rows) - sum(b - a for a, b in todo), desc=f"features {split}",
@@ -306,7 +311,7 @@ def build_feature_cache(
             writer.write_shard(start, feats16)
             del feats16
 
-    digest = writer.assemble()
+    cache_sha = writer.assemble()
     write_index(rows, out_index_csv)
     writer.remove_parts()
     return {
@@ -314,7 +319,7 @@ def build_feature_cache(
         "n_files": int(len(rows)),
         "shape": [len(rows), *shape],
         "dtype": "float16",
-        "sha256": digest,
+        "sha256": cache_sha,
         "npy": str(out_npy),
         "index_csv": str(out_index_csv),
     }

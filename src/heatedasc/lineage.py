@@ -1,12 +1,11 @@
-"""Lineage audit: walk a result back through the jobs that made it to the raw audio and code.
+"""Lineage audit: walk a result back through the jobs that made it to the raw audio and the code.
 
-Every workflow job writes a provenance record (heatedasc.provenance.record_job): content hashes of its
-inputs and outputs, its recipe (params, code by file, raw inputs, upstream fingerprints) and fingerprint, and
-package versions; when and where it ran lies beside the logs. `audit(path)` finds the record that produced
-`path`, checks every recorded hash against the disk, recurses into the records that produced its inputs,
-and — given the decisions of the last plan (`plan()` runs `snakemake -n`, which writes them) — says for
-each job exactly what differs from the recipe it would run with now: a param by key, a library file by
-name, a raw audio file by name, or an upstream job.
+Every workflow job writes a record of what it read and wrote (heatedasc.provenance, through heatedasc.job): its
+params, code and inputs by content, and its outputs by content; when and where it ran lies beside the logs.
+`audit(path)` finds the record that produced `path`, checks every recorded hash against the disk, recurses into
+the records that produced its inputs, and — given the decisions of a plan of the current configuration (`plan()`
+runs `snakemake -n`, which reports them; heatedasc.currency) — says for each job exactly what differs from what
+it would read now: a param by key, a library file by name, an input or a raw audio file by name.
 """
 
 from __future__ import annotations
@@ -15,12 +14,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from heatedasc.provenance import load_volatile, sha256_path
-from heatedasc.recipes import RECIPE_DIR, job_key
+from heatedasc.currency import PLAN_ENV, job_name, read_plan
+from heatedasc.hashing import digest
+from heatedasc.provenance import load_volatile, local, read_record
 
 MAX_NAMED_FILES = 20
 
@@ -31,7 +32,7 @@ class Link:
 
     role: str  # "input" | "output"
     key: str
-    path: str
+    path: str  # as the record names it (portable)
     recorded: str
     current: str | None
     produced: bool = False  # an input made by another job of the workflow (else raw data)
@@ -49,16 +50,16 @@ class Node:
     record: dict
     volatile: dict = field(default_factory=dict)  # when/where it ran: logs/provenance/, {} on another machine
     links: list[Link] = field(default_factory=list)
-    changes: list[str] = field(default_factory=list)  # what differs from the recipe it would run with now
+    changes: list[str] = field(default_factory=list)  # what differs from what it would read now
     parents: list["Node"] = field(default_factory=list)
 
     @property
     def stage(self) -> str:
-        return self.record.get("stage", "?")
+        return self.record.get("rule", "?")
 
     @property
     def job(self) -> str:
-        return job_key(self.stage, self.record.get("wildcards", {}))
+        return job_name(self.stage, self.record.get("wildcards", {}))
 
     @property
     def own_ok(self) -> bool:
@@ -74,74 +75,76 @@ def _norm(path: str, base: Path) -> str:
     return os.path.normpath(str(p if p.is_absolute() else base / p))
 
 
-def load_records(results_dir: str | os.PathLike, base: str | os.PathLike = ".") -> dict[str, tuple[str, dict]]:
-    """Map every output path named in a provenance record to (record file, record). Records sit under
-    `results_dir`, and the synthetic generator's beside its data (data/*/provenance.json)."""
+def load_records(results_dir: str | os.PathLike, base: str | os.PathLike = ".", data_root=None) -> dict[str, tuple[str, dict]]:
+    """Map every output path named in a record (and each record file) to (record file, record). Records sit under
+    `results_dir`, and the synthetic generator's beside its data (<data.root>/provenance.json)."""
     base = Path(base)
     producers: dict[str, tuple[str, dict]] = {}
-    files = sorted(Path(results_dir).rglob("*provenance.json")) + sorted((base / "data").glob("*/provenance.json"))
+    files = sorted(Path(results_dir).rglob("*provenance.json"))
+    if data_root is not None and (Path(base, data_root) / "provenance.json").is_file():
+        files.append(Path(base, data_root) / "provenance.json")
     for rec_file in files:
+        if not rec_file.is_file() or "logs" in rec_file.relative_to(base).parts[:1]:
+            continue
         try:
-            record = json.loads(rec_file.read_text())
+            raw = json.loads(rec_file.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{rec_file}: unreadable provenance record ({exc})") from exc
+        record = read_record(rec_file)
+        if record is None:
+            if isinstance(raw, dict) and "rule" not in raw and "stage" in raw:
+                raise ValueError(f"{rec_file}: a record of an older format; rerun the workflow to renew it")
+            continue
         for paths in record.get("outputs", {}).values():
             for p in paths:
-                producers[_norm(p, base)] = (str(rec_file), record)
+                producers[_norm(local(p, data_root), base)] = (str(rec_file), record)
         producers[_norm(str(rec_file), base)] = (str(rec_file), record)
     return producers
 
 
 def plan(configfiles: Sequence[str], *, base: str | os.PathLike = ".", snakefile: str | os.PathLike | None = None,
-         target: str = "all") -> None:
-    """Refresh the per-job decisions (.snakemake/heatedasc/recipes/) with a dry run of the workflow."""
+         target: str = "all") -> dict[tuple, dict]:
+    """The decisions of a dry run of the workflow with `configfiles` ((rule, wildcards) -> decision)."""
     from heatedasc.config import REPO_ROOT
 
-    cmd = [sys.executable, "-m", "snakemake", target, "-n", "--quiet", "all", "--snakefile",
-           str(snakefile or REPO_ROOT / "Snakefile"), "--directory", str(base), "--configfile", *map(str, configfiles)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ValueError(f"planning the workflow (snakemake -n) failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    with tempfile.TemporaryDirectory(prefix="heatedasc-plan-") as tmp:
+        report = Path(tmp) / "plan.jsonl"
+        cmd = [sys.executable, "-m", "snakemake", target, "-n", "--quiet", "all", "--snakefile",
+               str(snakefile or REPO_ROOT / "Snakefile"), "--directory", str(base), "--configfile",
+               *map(str, configfiles)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, PLAN_ENV: str(report)})
+        if proc.returncode != 0:
+            raise ValueError(f"planning the workflow (snakemake -n) failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        return read_plan(report)
 
 
-def decision(record: dict, base: Path) -> dict | None:
-    """The last plan's decision about the job that wrote `record` (None when that plan did not include it)."""
-    wildcards = record.get("wildcards", {})
-    safe = ",".join(f"{k}={v}" for k, v in wildcards.items()).replace("/", "_") or "_"
-    path = base / RECIPE_DIR / record.get("stage", "?") / f"{safe}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def changed_raw_files(record: dict, base: Path) -> list[str]:
+def changed_raw_files(record: dict, base: Path, data_root) -> list[str]:
     """For the prepare job: the raw audio files whose content differs from the manifest's raw_sha256."""
     import pandas as pd
 
     manifests = [p for paths in record.get("outputs", {}).values() for p in paths if p.endswith("manifest.csv")]
-    roots = [p for k, paths in record.get("inputs", {}).items() if k == "meta" for p in paths]
-    if not manifests or not roots or not (base / manifests[0]).is_file():
+    metas = [p for k, paths in record.get("inputs", {}).items() if k == "meta" for p in paths]
+    if not manifests or not metas or not (base / manifests[0]).is_file():
         return []
-    root = Path(roots[0]).parent
+    root = Path(local(metas[0], data_root)).parent
     root = root if root.is_absolute() else base / root
     changed = []
     for name, sha in pd.read_csv(base / manifests[0], usecols=["filename", "raw_sha256"]).itertuples(index=False):
         path = root / name
         if not path.is_file():
             changed.append(f"{name} (missing)")
-        elif sha256_path(path) != sha:
+        elif digest(path) != sha:
             changed.append(name)
     return changed
 
 
-def audit(target: str | os.PathLike, *, results_dir: str | os.PathLike = "results",
-          base: str | os.PathLike = ".", use_plan: bool = True) -> Node:
-    """The lineage tree of `target`, every link checked against the disk, and (with `use_plan`) every job's
-    recorded recipe against the last plan's."""
+def audit(target: str | os.PathLike, *, results_dir: str | os.PathLike = "results", base: str | os.PathLike = ".",
+          decisions: dict[tuple, dict] | None = None, data_root=None) -> Node:
+    """The lineage tree of `target`, every link checked against the disk, and (given a plan's `decisions`) every
+    job's record against what it would read now."""
     base = Path(base)
     results = Path(results_dir) if Path(results_dir).is_absolute() else base / results_dir
-    producers = load_records(results, base)
+    producers = load_records(results, base, data_root)
     key = _norm(str(target), base)
     if key not in producers:
         raise ValueError(f"{target}: no provenance record produced this file (is it a workflow output under {results_dir}?)")
@@ -150,7 +153,7 @@ def audit(target: str | os.PathLike, *, results_dir: str | os.PathLike = "result
 
     def current_hash(path: str) -> str | None:
         if path not in hashes:
-            hashes[path] = sha256_path(path) if os.path.exists(path) else None
+            hashes[path] = digest(path) if os.path.exists(path) else None
         return hashes[path]
 
     def visit(rec_file: str, record: dict) -> Node:
@@ -160,26 +163,27 @@ def audit(target: str | os.PathLike, *, results_dir: str | os.PathLike = "result
         nodes[rec_file] = node
         for role, items in (("input", record.get("inputs", {})), ("output", record.get("outputs", {}))):
             for k, paths in items.items():
-                for p, digest in paths.items():
-                    node.links.append(Link(role, k, p, digest, current_hash(_norm(p, base))))
-        if use_plan:
-            d = decision(record, base)
+                for p, d in paths.items():
+                    node.links.append(Link(role, k, p, d, current_hash(_norm(local(p, data_root), base))))
+        if decisions is not None:
+            d = decisions.get((node.stage, tuple(sorted(record.get("wildcards", {}).items()))))
             if d is None:
                 node.changes = ["not in the current configuration's plan"]
-            elif d.get("recorded") != record.get("fingerprint") and record.get("fingerprint"):
-                node.changes = ["the last plan saw another version of this record: run the plan again"]
-            else:
-                node.changes = [c for c in d.get("changed", []) if not c.startswith("upstream ")]
-        if any(l.role == "input" and l.key == "audio" and l.status != "ok" for l in node.links) \
-                and node.stage == "prepare":
-            files = changed_raw_files(record, base)
+            elif d["state"] == "stale":  # changed inputs and outputs show as links already
+                node.changes = [c for c in d["reasons"] if not (c.startswith(("input ", "output "))
+                                                                 and c.endswith(("changed", "since the job wrote it")))]
+        if record.get("touched"):
+            node.changes.append(f"outputs {record['touched']}")
+        if node.stage == "prepare" and any(l.role == "input" and l.key == "audio" and l.status != "ok"
+                                           for l in node.links):
+            files = changed_raw_files(record, base, data_root)
             shown = files[:MAX_NAMED_FILES] + ([f"... {len(files) - MAX_NAMED_FILES} more"]
                                                if len(files) > MAX_NAMED_FILES else [])
             node.changes += [f"raw audio {f} changed" for f in shown]
         parents = []
         for link in node.links:
             if link.role == "input":
-                producer = producers.get(_norm(link.path, base))
+                producer = producers.get(_norm(local(link.path, data_root), base))
                 if producer and producer[0] != rec_file:
                     link.produced = True
                     parents.append(visit(*producer))
@@ -208,12 +212,13 @@ def stale_records(root: Node) -> list[str]:
 
 def render(root: Node, *, verbose: bool = False) -> str:
     """A human-readable tree, newest job first, with ✓/✗ per link and one line per change."""
+    from heatedasc.report.html import code_digest, recipe_digest
+
     lines: list[str] = []
     printed: set[str] = set()
 
     def describe(n: Node) -> str:
         r, v = n.record, n.volatile
-        code = (r.get("code") or {}).get("package_sha256", "?")[:10]
         torch_v = r.get("packages", {}).get("torch")
         status = "STALE" if n.stale else "ok"
         if not v:
@@ -226,8 +231,7 @@ def render(root: Node, *, verbose: bool = False) -> str:
             if host.get("gpus"):
                 where += f", GPU {', '.join(host['gpus'])}"
             where += "; git " + (git.get("git_commit") or "none")[:10] + (" (dirty)" if git.get("git_dirty") else "")
-        fp = (r.get("fingerprint") or "none")[:12]
-        return f"[{status}] {n.job} {where}; recipe {fp}; code {code}; torch {torch_v}"
+        return f"[{status}] {n.job} {where}; recipe {recipe_digest(r)[:12]}; code {code_digest(r)[:10]}; torch {torch_v}"
 
     def walk(n: Node, depth: int):
         pad = "  " * depth
@@ -260,7 +264,6 @@ def to_dict(root: Node) -> dict:
                 "job": n.job,
                 "stage": n.stage,
                 "wildcards": n.record.get("wildcards", {}),
-                "fingerprint": n.record.get("fingerprint"),
                 "stale": n.stale,
                 "own_ok": n.own_ok,
                 "links": [
@@ -268,7 +271,9 @@ def to_dict(root: Node) -> dict:
                     for l in n.links
                 ],
                 "changes": n.changes,
+                "params": n.record.get("params"),
                 "code": n.record.get("code"),
+                "cpu": n.record.get("cpu"),
                 "packages": n.record.get("packages"),
                 "volatile": n.volatile,
                 "parents": [p.record_path for p in n.parents],

@@ -17,6 +17,10 @@ class ForeignDataRootError(ValueError):
     """The folder holds files the synthetic generator did not write: it must not be replaced."""
 
 
+class DataRootMissingError(ValueError):
+    """`data.root` names no folder (with synthesis off): every result would come from nothing, or from leftovers."""
+
+
 def _user_files(root: Path, limit: int = 3) -> list[str]:
     """Up to `limit` files under `root` (empty folders do not count: Snakemake pre-creates output folders)."""
     found = []
@@ -71,6 +75,12 @@ def check_data_root(root: str | os.PathLike, *, synth_enabled: bool, base: str |
     if synth_enabled:
         check_synthetic_root(root)
         return
+    if not Path(base, root).is_dir():
+        raise DataRootMissingError(
+            f"data.root '{root}' does not exist (or is not a folder): point data.root at a copy of the TAU Urban "
+            "Acoustic Scenes 2019 Mobile development set (audio/, meta.csv, evaluation_setup/), or set synth.enabled: "
+            "true to generate a synthetic one there"
+        )
     root, home = Path(base, root).resolve(), Path(base, SYNTHETIC_HOME).resolve()
     if root == home and root.is_dir() and not is_generated_root(root) and _user_files(root):
         raise ForeignDataRootError(

@@ -20,7 +20,8 @@ import soundfile as sf
 from tqdm import tqdm
 
 from heatedasc.audio import read_audio, to_mono_fixed, wav_data_extent, write_wav
-from heatedasc.fileio import atomic_path, chmod_default, replace_dir, sha256_file, write_json
+from heatedasc.fileio import atomic_path, chmod_default, replace_dir, write_json
+from heatedasc.hashing import file_digest
 from heatedasc.tau import DEVICES, MANIFEST_COLUMNS, SPLITS, DatasetError, load_tau, summarize
 
 MANIFEST_OUTPUT_COLUMNS = MANIFEST_COLUMNS + ("raw_sha256",)  # the manifest is the TAU table + raw hashes
@@ -153,7 +154,7 @@ def prepare_dataset(
                     raw_lengths[name] = {"samples": int(raw_len), "sample_rate": int(sr),
                                          "seconds": raw_len / sr}
                 write_wav(staging / Path(name).name, mono, sample_rate, subtype="PCM_24")
-                hashes.append(sha256_file(path))
+                hashes.append(file_digest(path))
             df["raw_sha256"] = hashes
             df = df[list(MANIFEST_OUTPUT_COLUMNS)]
 

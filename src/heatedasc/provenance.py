@@ -1,98 +1,107 @@
-"""Provenance records: what went into an output (content hashes, config, code, packages, host, job).
+"""Provenance records: what a job read and wrote, by content, written by the job itself when it succeeds.
 
-Each job writes two records. The *stable* one sits beside its outputs (DVC-tracked): content hashes of
-inputs and outputs, params, config, code and package versions — identical when an identical job reruns, so
-`dvc.lock` does not change. The *volatile* one (when, on which host and GPU, which SLURM job, which git
-commit) goes to `logs/provenance/<record path>`, outside every tracked output; `heatedasc lineage` reads both.
+Each job writes two records. The *stable* one is its `provenance` output, beside its results (DVC-tracked): the
+rule and wildcards, the params it ran with (all but the speed-only `execution` block), its code (the adapter
+script and the library import closure, by content), the CPU kernels it was pinned to, and every input and
+output by content. It is what the workflow compares at planning (heatedasc.currency): identical when an identical
+job reruns, so `dvc.lock` does not change, and free of absolute paths, so a clone elsewhere, or the dataset
+mounted elsewhere, reads the same. The *volatile* one — when, on which host and GPU, in which SLURM job, at which
+git commit, with which speed-only settings — goes to `logs/provenance/<record path>`, outside every tracked output;
+`heatedasc lineage` reads both.
+
+Paths in records are *portable*: relative to the working directory when inside it; `{data.root}/...` for raw
+data elsewhere (the configured data root); absolute only for anything else.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import socket
-import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from heatedasc.fileio import sha256_file
+from heatedasc.codedeps import code_digests
+from heatedasc.hashing import digest_many
 
 PACKAGES = ("torch", "torchaudio", "numpy", "pandas", "soundfile", "snakemake", "dvc", "heatedasc")
-
-
-def cached_sha256_file(path: str | os.PathLike, *, use_cache: bool = True) -> str:
-    """fileio.sha256_file, memoised on disk by (path, size, mtime, inode): many jobs hash the same
-    multi-GB inputs (audio folders, feature caches), and a changed file changes its key."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-    cache = _hash_cache() if use_cache else None
-    if cache is not None:
-        try:
-            row = cache.execute(
-                "SELECT digest FROM hashes WHERE path=? AND size=? AND mtime_ns=? AND inode=?", key
-            ).fetchone()
-        except sqlite3.Error:  # locked (concurrent jobs, NFS) or damaged: hashing is always correct
-            row = None
-        if row:
-            return row[0]
-    digest = sha256_file(path)
-    if cache is not None:
-        with contextlib.suppress(sqlite3.Error):
-            cache.execute("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?)", (*key, digest))
-            cache.commit()
-    return digest
-
-
-_CACHE: list = []
-
-
 VOLATILE_DIR = Path("logs") / "provenance"
-HASH_CACHE = Path(".snakemake") / "heatedasc" / "hashes.sqlite"  # in the working directory: a folder the project owns
+DATA_ROOT_TOKEN = "{data.root}"
+RECORD_OUTPUT = "provenance"  # the output every recording rule names its stable record
+SPEED_ONLY = "execution"  # the params entry holding speed-only settings: never part of a record
+RECORD_VERSION = 2
 
 
-def _hash_cache():
-    """The on-disk hash memo ($HEATEDASC_HASH_CACHE, default .snakemake/heatedasc/hashes.sqlite); None if unusable."""
-    if _CACHE:
-        return _CACHE[0]
-    location = os.environ.get("HEATEDASC_HASH_CACHE", str(HASH_CACHE))
-    conn = None
-    if location.lower() not in ("", "off", "none", "0"):
+# ----------------------------------------------------------------------------------------- paths
+
+
+def portable(path: str | os.PathLike, data_root: str | os.PathLike | None) -> str:
+    """`path` as records name it: relative to the working directory, or to the data root, or absolute."""
+    p = Path(os.path.abspath(path))
+    cwd = Path.cwd().resolve()
+    if data_root is not None and not Path(os.path.abspath(data_root)).is_relative_to(cwd):
+        root = Path(os.path.abspath(data_root))
+        if p.is_relative_to(root):
+            return f"{DATA_ROOT_TOKEN}/{p.relative_to(root).as_posix()}".rstrip("/")
+    if p.is_relative_to(cwd):
+        return p.relative_to(cwd).as_posix()
+    return p.as_posix()
+
+
+def local(name: str, data_root: str | os.PathLike | None) -> str:
+    """The path on this machine of a portable name (the inverse of `portable`)."""
+    if name == DATA_ROOT_TOKEN or name.startswith(DATA_ROOT_TOKEN + "/"):
+        if data_root is None:
+            raise ValueError(f"{name}: names the data root, but no data.root is configured")
+        return os.path.join(str(data_root), name[len(DATA_ROOT_TOKEN) + 1:])
+    return name
+
+
+def hash_named(items: Mapping[str, Iterable[str]], data_root) -> dict[str, dict[str, str]]:
+    """{name: {portable path: digest}} for named groups of paths (missing paths are 'missing')."""
+    flat = [str(p) for paths in items.values() for p in paths]
+    digests = digest_many(flat)
+    return {name: {portable(p, data_root): digests[str(p)] for p in paths} for name, paths in items.items()}
+
+
+# --------------------------------------------------------------------------------------- records
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> dict:
+    out = {}
+    for name in names:
         try:
-            Path(location).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(location, timeout=60)
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS hashes (path TEXT, size INTEGER, mtime_ns INTEGER, inode INTEGER,"
-                " digest TEXT, PRIMARY KEY (path, size, mtime_ns, inode))"
-            )
-            conn.commit()
-        except (OSError, sqlite3.Error):
-            conn = None
-    _CACHE.append(conn)
-    return conn
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
-def sha256_tree(path: str | os.PathLike) -> str:
-    """One hash for a folder: sha256 over the sorted (relative path, file hash) pairs."""
-    root = Path(path)
-    h = hashlib.sha256()
-    # Snakemake drops a `.snakemake_timestamp` into directory outputs after the job: not content.
-    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".snakemake_timestamp"):
-        h.update(f"{f.relative_to(root).as_posix()}\0{cached_sha256_file(f)}\n".encode())
-    return h.hexdigest()
+def recorded_params(params: Mapping) -> dict:
+    """The params a record holds: every rule param except the speed-only block, in canonical JSON form."""
+    return json.loads(json.dumps({k: v for k, v in params.items() if k != SPEED_ONLY}, sort_keys=True,
+                                 default=_json_default))
 
 
-def sha256_path(path: str | os.PathLike) -> str:
-    return sha256_tree(path) if Path(path).is_dir() else cached_sha256_file(path)
-
-
-def code_version() -> dict:
-    """A hash of the library's source (stable: the same code gives the same value on every machine)."""
-    return {"package_sha256": _source_hash(Path(__file__).resolve().parent)}
+def stable_record(*, rule: str, wildcards: Mapping, params: Mapping, script: str | os.PathLike | None,
+                  inputs: Mapping[str, Iterable[str]], outputs: Mapping[str, Iterable[str]], cpu: Mapping | None,
+                  data_root) -> dict:
+    """The stable record of a job that read `inputs` and wrote `outputs` (named groups of paths)."""
+    return {
+        "record_version": RECORD_VERSION,
+        "rule": rule,
+        "wildcards": {k: str(v) for k, v in wildcards.items()},
+        "params": recorded_params(params),
+        "code": code_digests(str(script)) if script else {},
+        "cpu": dict(cpu or {}),
+        "inputs": hash_named(inputs, data_root),
+        "outputs": hash_named(outputs, data_root),
+        "packages": package_versions(),
+    }
 
 
 def git_version(repo_dir: str | os.PathLike | None = None) -> dict:
@@ -113,23 +122,6 @@ def git_version(repo_dir: str | os.PathLike | None = None) -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return info
-
-
-def _source_hash(pkg_dir: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(pkg_dir.glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
-def package_versions(names: Iterable[str] = PACKAGES) -> dict:
-    out = {}
-    for name in names:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def host_info() -> dict:
@@ -157,41 +149,15 @@ def slurm_info() -> dict | None:
     return found or None
 
 
-def collect(
-    *,
-    stage: str,
-    inputs: Mapping[str, str | os.PathLike | list],
-    outputs: Mapping[str, str | os.PathLike] | None = None,
-    params: Mapping | None = None,
-    wildcards: Mapping | None = None,
-    config: Mapping | None = None,
-) -> tuple[dict, dict]:
-    """(stable, volatile) provenance records. Inputs are hashed by content (folders as trees); outputs too."""
-
-    def hashes(items):
-        out = {}
-        for key, value in items.items():
-            paths = value if isinstance(value, (list, tuple)) else [value]
-            out[key] = {str(p): sha256_path(p) for p in paths if Path(p).exists()}
-        return out
-
-    stable = {
-        "stage": stage,
-        "wildcards": dict(wildcards or {}),
-        "params": dict(params or {}),
-        "inputs": hashes(inputs),
-        "outputs": hashes(outputs or {}),
-        "config": dict(config or {}),
-        "code": code_version(),
-        "packages": package_versions(),
-    }
-    volatile = {
+def volatile_record(execution: Mapping | None = None, extra: Mapping | None = None) -> dict:
+    return {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git": git_version(),
         "host": host_info(),
         "slurm": slurm_info(),
+        "execution": dict(execution or {}),
+        **dict(extra or {}),
     }
-    return stable, volatile
 
 
 def volatile_path(record_path: str | os.PathLike) -> Path:
@@ -204,8 +170,6 @@ def volatile_path(record_path: str | os.PathLike) -> Path:
 
 def load_volatile(record_path: str | os.PathLike, base: str | os.PathLike = ".") -> dict:
     """The volatile half of a record, or {} where it is not on this machine (e.g. a clone that pulled results)."""
-    import json
-
     rel = os.path.relpath(Path(record_path).resolve(), Path(base).resolve())
     path = Path(base) / VOLATILE_DIR / rel
     try:
@@ -214,31 +178,25 @@ def load_volatile(record_path: str | os.PathLike, base: str | os.PathLike = ".")
         return {}
 
 
-def record_job(smk, stage: str, provenance_key: str = "provenance") -> dict:
-    """Write the provenance records of a Snakemake job (stable to its `provenance` output, volatile to
-    logs/provenance/) and return the stable one.
+def read_record(path: str | os.PathLike) -> dict | None:
+    """A stable record, or None when it is absent, unreadable or of an older format."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("record_version") != RECORD_VERSION:
+        return None
+    return record
 
-    Inputs (including the library modules listed as `code`) and all other outputs are hashed by
-    content, so `heatedasc lineage` can later tell which links still match what is on disk.
-    """
-    from heatedasc.fileio import write_json
 
-    outputs = {k: v for k, v in smk.output.items() if k != provenance_key}
-    if not outputs and len(smk.output) > 1:
-        outputs = {"output": [p for p in smk.output if p != smk.output.get(provenance_key)]}
-    inputs = {k: v for k, v in smk.input.items() if k != "recipe"}  # the rerun token is bookkeeping
-    stable, volatile = collect(
-        stage=stage,
-        inputs=inputs or {"input": [p for p in smk.input if p not in smk.input.get("recipe", [])]},
-        outputs=outputs,
-        params={k: v for k, v in smk.params.items() if k != "recipe"},
-        wildcards=dict(smk.wildcards.items()),
-        config=dict(smk.config),
-    )
-    recipe = smk.params.get("recipe")
-    if recipe:  # what Snakemake compares at the next planning (heatedasc.recipes)
-        stable = {"fingerprint": recipe["fingerprint"], **stable, "recipe": recipe}
-    record_path = smk.output[provenance_key]
-    write_json(volatile_path(record_path), volatile)
-    write_json(record_path, stable)
-    return stable
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, Mapping):
+        return dict(o)
+    raise TypeError(f"not JSON serialisable in a record: {type(o).__name__}")
+

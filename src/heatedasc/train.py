@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from heatedasc.codedeps import module_closure_digest
 from heatedasc.feature_cache import FeatureCache, load_feature_cache
 from heatedasc.fileio import atomic_path, save_torch, write_json, write_text
+from heatedasc.hashing import digest
 from heatedasc.losses import heated_softmax, make_loss
 from heatedasc.metrics import device_accuracies, expected_calibration_error
 from heatedasc.model import ASCNet, block_output_shapes, count_parameters
@@ -34,8 +36,11 @@ MONITORS = ("avg_bc", "overall")
 TRAIN_KEYS = (
     "epochs", "batch_size", "lr", "rho", "eps", "weight_decay_l2", "mixup_alpha", "plateau_factor",
     "plateau_patience", "plateau_min_delta", "monitor", "selection", "holdout_fraction", "holdout_seed", "deterministic",
-    "device", "amp", "amp_dtype", "channels_last", "compile", "compile_mode", "eval_batch_size",
+    "amp", "amp_dtype",
 )
+# Speed-only settings (params.yaml `execution.train`): how fast a run computes, never what it is (not recorded,
+# never a reason to rerun; docs/reproduction.md lists them).
+EXECUTION_KEYS = ("device", "channels_last", "compile", "compile_mode", "eval_batch_size")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 # torch.compile is used on these device types only. Not on CPU: CPU results must stay bit-identical to the
@@ -146,22 +151,20 @@ def config_hash(config: dict) -> str:
 
 
 def code_fingerprint() -> str:
-    """SHA-256 over the modules that define a run, so a checkpoint made by other code is never resumed."""
-    h = hashlib.sha256()
-    for name in ("train.py", "model.py", "losses.py", "metrics.py", "feature_cache.py", "tau.py"):
-        h.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
-    return h.hexdigest()
+    """The import closure of this module, by content (the same notion of "the code" the workflow records), so a
+    checkpoint made by other code is never resumed."""
+    return module_closure_digest("train")
 
 
-def _file_stamp(path: Path) -> dict:
-    st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+def _config_value(cfg: dict, key: str, section: str) -> Any:
+    if key not in cfg:
+        raise ValueError(f"{section}.{key} is missing from the training config")
+    return cfg[key]
 
 
-def _train_value(train_cfg: dict, key: str) -> Any:
-    if key not in train_cfg:
-        raise ValueError(f"train.{key} is missing from the training config")
-    return train_cfg[key]
+def _key(name: str) -> str:
+    """The config key of a training setting, for messages."""
+    return f"execution.train.{name}" if name in EXECUTION_KEYS else f"train.{name}"
 
 
 # ------------------------------------------------------------------------------- run description
@@ -316,8 +319,8 @@ class BatchRunner:
         except RuntimeError as exc:
             if _is_compile_error(exc):
                 raise RuntimeError(
-                    f"train.compile: torch.compile failed on the {what} ({type(exc).__name__}: {str(exc).strip()}); "
-                    "set train.compile: false to train without it"
+                    f"execution.train.compile: torch.compile failed on the {what} ({type(exc).__name__}: "
+                    f"{str(exc).strip()}); set execution.train.compile: false to train without it"
                 ) from exc
             raise
 
@@ -401,6 +404,7 @@ def run_training(
     model_cfg: dict,
     loss_cfg: dict,
     train_cfg: dict,
+    execution_cfg: dict,
     threads: int = 1,
     progress: bool = True,
     correction: str | None = None,
@@ -422,23 +426,24 @@ def run_training(
             raise ValueError(f"loss.{key} is missing from the loss config")
     loss_fn = make_loss(loss, temperature=temperature, gamma=float(loss_cfg["gamma"]),
                         focal_form=loss_cfg["focal_form"])
-    cfg = {k: _train_value(train_cfg, k) for k in TRAIN_KEYS}
+    cfg = {k: _config_value(train_cfg, k, "train") for k in TRAIN_KEYS}
+    cfg.update({k: _config_value(execution_cfg, k, "execution.train") for k in EXECUTION_KEYS})
     if cfg["selection"] not in SELECTIONS:
         raise ValueError(f"train.selection must be one of {SELECTIONS}, got {cfg['selection']!r}")
     if cfg["monitor"] not in MONITORS:
         raise ValueError(f"train.monitor must be one of {MONITORS}, got {cfg['monitor']!r}")
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if int(cfg[key]) < 1:
-            raise ValueError(f"train.{key} must be >= 1, got {cfg[key]}")
+            raise ValueError(f"{_key(key)} must be >= 1, got {cfg[key]}")
     if cfg["amp_dtype"] not in AMP_DTYPES:
         raise ValueError(f"train.amp_dtype must be one of {tuple(AMP_DTYPES)}, got {cfg['amp_dtype']!r}")
     if cfg["compile_mode"] not in COMPILE_MODES:
-        raise ValueError(f"train.compile_mode must be one of {COMPILE_MODES}, got {cfg['compile_mode']!r}")
+        raise ValueError(f"execution.train.compile_mode must be one of {COMPILE_MODES}, got {cfg['compile_mode']!r}")
     for key in ("amp", "channels_last", "compile", "deterministic"):
         if not isinstance(cfg[key], bool):
-            raise ValueError(f"train.{key} must be true or false, got {cfg[key]!r}")
+            raise ValueError(f"{_key(key)} must be true or false, got {cfg[key]!r}")
     # A job that was given a GPU its torch cannot use stops here, before any data is read.
-    device = resolve_device(cfg["device"], "train.device")
+    device = resolve_device(cfg["device"], "execution.train.device")
     runtime = resolve_runtime(cfg, device)
     scenes = tuple(SCENES)
     n_classes = len(scenes)
@@ -501,8 +506,9 @@ def run_training(
         raise ValueError(f"{train.index_path}: no training rows")
 
     run_config = {
-        "train_npy": _file_stamp(train.npy_path), "train_index": _file_stamp(train.index_path),
-        "eval_npy": _file_stamp(test.npy_path), "eval_index": _file_stamp(test.index_path),
+        # the caches by content: a checkpoint is resumed only on the very features it was trained on
+        "train_npy": digest(train.npy_path), "train_index": digest(train.index_path),
+        "eval_npy": digest(test.npy_path), "eval_index": digest(test.index_path),
         "temperature": temperature, "loss": loss, "seed": int(seed), "model": model_cfg, "loss_cfg": loss_cfg,
         "train": cfg, "n_classes": n_classes, "code": code_fingerprint(),
         "runtime": runtime.describe(),  # a checkpoint made in other precision or compiled otherwise is not resumed

@@ -2,26 +2,20 @@
 # each correction's coefficients are a cheap reduction of them.
 
 
-
 rule mean_spectra:
     input:
-        recipe=recipe_token("mean_spectra"),
-        **deps(
-            "mean_spectra",
-            manifest=path("manifest"),
-            audio=path("prepared_audio"),
-        ),
+        manifest=path("manifest"),
+        audio=path("prepared_audio"),
     output:
         out=path("mean_spectra"),
         provenance=path("mean_spectra_prov"),
     params:
-        recipe=recipe("mean_spectra"),
         holdout=HOLDOUT,
         n_fft=config["features"]["n_fft"],
         hop_length=config["features"]["hop_length"],
         remove_dc=config["features"]["remove_dc"],
         devices=config["data"]["devices"],
-        batch_size=config["features"]["batch_size"],
+        execution=EXECUTION["features"],
     threads: rule_resources("features")["cpus_per_task"]
     log:
         log_path("mean_spectra"),
@@ -35,16 +29,11 @@ rule mean_spectra:
 
 rule coefficients:
     input:
-        recipe=recipe_token("coefficients"),
-        **deps(
-            "coefficients",
-            spectra=path("mean_spectra"),
-        ),
+        spectra=path("mean_spectra"),
     output:
         out=path("coefficients"),
         provenance=path("coefficients_prov"),
     params:
-        recipe=recipe("coefficients"),
         reference_devices=lambda wc: config["correction"]["references"][wc.correction],
         estimator=config["correction"]["estimator"],
         devices=config["data"]["devices"],
@@ -62,16 +51,11 @@ rule coefficients:
 
 rule coefficient_plot:
     input:
-        recipe=recipe_token("coefficient_plot"),
-        **deps(
-            "coefficient_plot",
-            coefficients=expand(path("coefficients"), correction=SWEEP["correction"]),
-        ),
+        coefficients=expand(path("coefficients"), correction=SWEEP["correction"]),
     output:
         out=path("coefficient_plot"),
         provenance=path("coefficient_plot_prov"),
     params:
-        recipe=recipe("coefficient_plot"),
         sample_rate=config["data"]["sample_rate"],
         n_fft=config["features"]["n_fft"],
     log:

@@ -3,13 +3,11 @@
 
 import os
 
-from snakemake_interface_executor_plugins.settings import ExecMode
-
-from heatedasc.recipes import RecipeBook, dependency_input, recipe_param, token_input
 from heatedasc.report.registry import REGISTRY as REPORT
 
 DATA_ROOT = config["data"]["root"]
 SWEEP = config["sweep"]
+EXECUTION = config["execution"]  # speed-only settings: passed to jobs as params.execution, never recorded
 
 # Every path of the workflow, built from wildcards here and nowhere else.
 PATHS = {
@@ -30,7 +28,7 @@ PATHS = {
     # The report's outputs, provenance records and the coefficient plot it shows: from its registry
     # (heatedasc.report.registry), where each artefact is declared once.
     **REPORT.paths("results"),
-    # One provenance record per job (heatedasc.provenance.record_job), read by `heatedasc lineage`.
+    # One provenance record per job (heatedasc.job.run_job writes it; heatedasc.currency compares it).
     "prepare_prov": "results/prepared/provenance.json",
     "mean_spectra_prov": "results/coefficients/mean_spectra.provenance.json",
     "coefficients_prov": "results/coefficients/{correction}.provenance.json",
@@ -59,21 +57,6 @@ def log_path(rule_name, pattern=""):
 
 def benchmark_path(rule_name, pattern=""):
     return os.path.join("logs", "benchmarks", rule_name, f"{pattern or rule_name}.tsv")
-
-
-# What decides a rerun: each job's recipe (params, code by content, raw inputs by content, upstream
-# fingerprints) against the one its provenance record holds — never file dates (heatedasc.recipes).
-RECIPES = RecipeBook(workflow, workflow.basedir, main_process=workflow.exec_mode == ExecMode.DEFAULT)
-
-
-def recipe_token(rule_name):
-    """Input `recipe=`: nothing while the job is up to date by content, else a token that reruns it."""
-    return token_input(lambda: RECIPES, rule_name)
-
-
-def recipe(rule_name):
-    """Param `recipe=`: the job's recipe and fingerprint, which provenance.record_job records."""
-    return recipe_param(lambda: RECIPES, rule_name)
 
 
 def format_temperature(t):
@@ -123,17 +106,6 @@ def report_outputs():
     return [path(key) for key in REPORT.target_keys()]
 
 
-def deps(rule_name, **named):
-    """The named inputs of `rule_name` (paths, or lists of them), as input functions whose file dates
-    never trigger a rerun by themselves.
-
-    Snakemake compares modification times; DVC restores files with fresh ones in any order. So an input is
-    `ancient()` unless its job or the job that makes it reruns in this plan (then the date links the two
-    jobs as usual). What reruns a job is its recipe: the `recipe=` token input (heatedasc.recipes).
-    """
-    return {name: dependency_input(lambda: RECIPES, rule_name, item) for name, item in named.items()}
-
-
 def fig2_embeddings(wildcards=None):
     """Embeddings of the Fig. 2 runs that the configured grid contains (missing T are drawn as missing)."""
     files = {}
@@ -147,6 +119,12 @@ def fig2_embeddings(wildcards=None):
         if runs:
             files[format_temperature(t)] = run_file("embeddings.npz", **runs[0])
     return files
+
+
+def run_was_partial(workflow):
+    """Did the user ask for part of the DAG only (so some results are meant to stay out of date)?"""
+    dag = workflow.dag_settings
+    return bool(dag.until or dag.omit_from or dag.allowed_rules or dag.batch) or workflow.touch
 
 
 wildcard_constraints:

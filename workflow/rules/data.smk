@@ -4,15 +4,12 @@
 if config["synth"]["enabled"]:
 
     rule synthesize:
-        input:
-            recipe=recipe_token("synthesize"),
         output:
             meta=path("meta"),
             folds=expand(path("fold"), fold=["train", "evaluate", "test"]),
             audio=directory(path("raw_audio")),
             provenance=path("synth_prov"),
         params:
-            recipe=recipe("synthesize"),
             synth={k: v for k, v in config["synth"].items() if k != "enabled"},
         log:
             log_path("synthesize"),
@@ -26,13 +23,9 @@ if config["synth"]["enabled"]:
 
 rule prepare:
     input:
-        recipe=recipe_token("prepare"),
-        **deps(
-            "prepare",
-            meta=path("meta"),
-            folds=expand(path("fold"), fold=["train", "evaluate", "test"]),
-            audio=path("raw_audio"),
-        ),
+        meta=path("meta"),
+        folds=expand(path("fold"), fold=["train", "evaluate", "test"]),
+        audio=path("raw_audio"),
     output:
         audio=directory(path("prepared_audio")),
         manifest=path("manifest"),
@@ -40,7 +33,6 @@ rule prepare:
         report=path("prepare_report"),
         provenance=path("prepare_prov"),
     params:
-        recipe=recipe("prepare"),
         sample_rate=config["data"]["sample_rate"],
         duration_s=config["data"]["duration_s"],
         length_tolerance=config["data"]["length_tolerance"],

@@ -9,24 +9,18 @@ FEATURE_PARAMS = {
 
 rule feature_stats:
     input:
-        recipe=recipe_token("feature_stats"),
-        **deps(
-            "feature_stats",
-            manifest=path("manifest"),
-            audio=path("prepared_audio"),
-            coefficients=path("coefficients"),
-        ),
+        manifest=path("manifest"),
+        audio=path("prepared_audio"),
+        coefficients=path("coefficients"),
     output:
         out=path("stats"),
         provenance=path("stats_prov"),
     params:
-        recipe=recipe("feature_stats"),
         holdout=HOLDOUT,
         extractor=FEATURE_PARAMS,
         sample_rate=config["data"]["sample_rate"],
         devices=config["data"]["devices"],
-        batch_size=config["features"]["batch_size"],
-        device=config["features"]["device"],
+        execution=EXECUTION["features"],
     threads: rule_resources("features")["cpus_per_task"]
     log:
         log_path("feature_stats", "{correction}"),
@@ -40,25 +34,19 @@ rule feature_stats:
 
 rule features:
     input:
-        recipe=recipe_token("features"),
-        **deps(
-            "features",
-            manifest=path("manifest"),
-            audio=path("prepared_audio"),
-            coefficients=path("coefficients"),
-            stats=path("stats"),
-        ),
+        manifest=path("manifest"),
+        audio=path("prepared_audio"),
+        coefficients=path("coefficients"),
+        stats=path("stats"),
     output:
         cache=path("cache"),
         index=path("cache_index"),
         provenance=path("cache_prov"),
     params:
-        recipe=recipe("features"),
         extractor=FEATURE_PARAMS,
         sample_rate=config["data"]["sample_rate"],
         devices=config["data"]["devices"],
-        batch_size=config["features"]["batch_size"],
-        device=config["features"]["device"],
+        execution=EXECUTION["features"],
     threads: rule_resources("features")["cpus_per_task"]
     log:
         log_path("features", "{correction}-{split}"),

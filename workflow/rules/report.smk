@@ -9,18 +9,11 @@ for _artefact in REPORT:
         name:
             _artefact.name
         input:
-            recipe=recipe_token(_artefact.name),
-            **deps(
-                _artefact.name,
-                **REPORT.rule_inputs(
-                    _artefact, run_files=all_run_files, fig2_embeddings=fig2_embeddings(), path=path
-                ),
-            ),
+            **REPORT.rule_inputs(_artefact, run_files=all_run_files, fig2_embeddings=fig2_embeddings(), path=path),
         output:
             **{key: directory(path(key)) if key in _artefact.folders else path(key) for key in _artefact.outputs},
             provenance=path(f"{_artefact.name}_prov"),
         params:
-            recipe=recipe(_artefact.name),
             artefact=_artefact.name,
             config=_artefact.params(config),
         log:

@@ -3,23 +3,19 @@
 
 rule train:
     input:
-        recipe=recipe_token("train"),
-        **deps(
-            "train",
-            train=path("cache", split="train"),
-            train_index=path("cache_index", split="train"),
-            evaluate=path("cache", split="evaluate"),
-            evaluate_index=path("cache_index", split="evaluate"),
-            stats=path("stats"),
-            coefficients=path("coefficients"),
-        ),
+        train=path("cache", split="train"),
+        train_index=path("cache_index", split="train"),
+        evaluate=path("cache", split="evaluate"),
+        evaluate_index=path("cache_index", split="evaluate"),
+        stats=path("stats"),
+        coefficients=path("coefficients"),
     output:
         **{name.split(".")[0]: run_file(name) for name in RUN_FILES},
     params:
-        recipe=recipe("train"),
         model=config["model"],
         loss=config["loss"],
         train=config["train"],
+        execution=EXECUTION["train"],
     threads: rule_resources("train")["cpus_per_task"]
     log:
         log_path("train", "{correction}/T{temperature}/{loss}/seed{seed}"),

@@ -1,10 +1,9 @@
 """Snakemake adapter: spectrum-correction coefficients c_d(f) for one correction."""
 
 from heatedasc.correction import estimate_coefficients, load_mean_spectra, save_coefficients
-from heatedasc.logutil import job_logging
-from heatedasc.provenance import record_job
+from heatedasc.job import run_job
 
-with job_logging(snakemake.log[0], "heatedasc.coefficients") as log:
+with run_job(snakemake) as log:
     p = snakemake.params
     spectra = load_mean_spectra(snakemake.input.spectra)
     coefficients = estimate_coefficients(
@@ -20,5 +19,4 @@ with job_logging(snakemake.log[0], "heatedasc.coefficients") as log:
         sample_rate=p.sample_rate,
         n_fft=p.n_fft,
     )
-    record_job(snakemake, "coefficients")
     log.info("%s: coefficients for devices %s", snakemake.wildcards.correction, sorted(coefficients))

@@ -4,18 +4,18 @@ import torch
 
 from heatedasc.feature_stats import compute_feature_stats, save_stats
 from heatedasc.features import make_extractor
-from heatedasc.logutil import job_logging, show_progress
-from heatedasc.provenance import record_job
+from heatedasc.job import run_job
+from heatedasc.logutil import show_progress
 from heatedasc.tau import read_manifest, without_holdout
 
-with job_logging(snakemake.log[0], "heatedasc.feature_stats") as log:
+with run_job(snakemake) as log:
     torch.set_num_threads(snakemake.threads)
     p = snakemake.params
     extractor = make_extractor(snakemake.input.coefficients, sample_rate=p.sample_rate, devices=p.devices,
-                               device=p.device, **p.extractor)
+                               device=p.execution["device"], **p.extractor)
     manifest = without_holdout(read_manifest(snakemake.input.manifest), p.holdout)
-    stats = compute_feature_stats(manifest, snakemake.input.audio, extractor, batch_size=p.batch_size, progress=show_progress())
+    stats = compute_feature_stats(manifest, snakemake.input.audio, extractor, batch_size=p.execution["batch_size"],
+                                  progress=show_progress())
     save_stats(snakemake.output.out, stats)
-    record_job(snakemake, "feature_stats")
     log.info("stats over %d frames of %d training files (on %s)", stats["n_frames"], stats["n_files"],
              extractor.filterbanks.device)

@@ -4,15 +4,15 @@ import torch
 
 from heatedasc.feature_stats import load_stats
 from heatedasc.features import build_feature_cache, make_extractor
-from heatedasc.logutil import job_logging, show_progress
-from heatedasc.provenance import record_job
+from heatedasc.job import run_job
+from heatedasc.logutil import show_progress
 from heatedasc.tau import read_manifest
 
-with job_logging(snakemake.log[0], "heatedasc.features") as log:
+with run_job(snakemake) as log:
     torch.set_num_threads(snakemake.threads)
     p = snakemake.params
     extractor = make_extractor(snakemake.input.coefficients, sample_rate=p.sample_rate, devices=p.devices,
-                               device=p.device, **p.extractor)
+                               device=p.execution["device"], **p.extractor)
     info = build_feature_cache(
         read_manifest(snakemake.input.manifest),
         snakemake.wildcards.split,
@@ -21,9 +21,8 @@ with job_logging(snakemake.log[0], "heatedasc.features") as log:
         load_stats(snakemake.input.stats),
         snakemake.output.cache,
         snakemake.output.index,
-        batch_size=p.batch_size,
+        batch_size=p.execution["batch_size"],
         progress=show_progress(),
     )
-    record_job(snakemake, "features")
     log.info("%s/%s cache (on %s): %s", snakemake.wildcards.correction, snakemake.wildcards.split,
              extractor.filterbanks.device, info)

@@ -3,11 +3,11 @@
 import torch
 
 from heatedasc.correction import compute_mean_spectra, save_mean_spectra
-from heatedasc.logutil import job_logging, show_progress
-from heatedasc.provenance import record_job
+from heatedasc.job import run_job
+from heatedasc.logutil import show_progress
 from heatedasc.tau import read_manifest, without_holdout
 
-with job_logging(snakemake.log[0], "heatedasc.mean_spectra") as log:
+with run_job(snakemake) as log:
     torch.set_num_threads(snakemake.threads)
     p = snakemake.params
     manifest = without_holdout(read_manifest(snakemake.input.manifest), p.holdout)
@@ -18,9 +18,8 @@ with job_logging(snakemake.log[0], "heatedasc.mean_spectra") as log:
         hop_length=p.hop_length,
         remove_dc=p.remove_dc,
         devices=p.devices,
-        batch_size=p.batch_size,
+        batch_size=p.execution["batch_size"],
         progress=show_progress(),
     )
     save_mean_spectra(snakemake.output.out, spectra)
-    record_job(snakemake, "mean_spectra")
     log.info("mean spectra of %d triplet files", len(spectra["filenames"]))

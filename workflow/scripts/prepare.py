@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from heatedasc.logutil import job_logging, show_progress
+from heatedasc.job import run_job
+from heatedasc.logutil import show_progress
 from heatedasc.prepare import prepare_dataset
-from heatedasc.provenance import record_job
 
-with job_logging(snakemake.log[0], "heatedasc.prepare") as log:
+with run_job(snakemake) as log:
     p = snakemake.params
     root = Path(snakemake.input.meta).parent  # the data root: meta.csv sits at its top
     manifest = prepare_dataset(
@@ -23,4 +23,3 @@ with job_logging(snakemake.log[0], "heatedasc.prepare") as log:
         progress=show_progress(),
     )
     log.info("prepared %d files from %s", len(manifest), root)
-    record_job(snakemake, "prepare")

@@ -1,14 +1,12 @@
 """Snakemake adapter of every report rule: renders the registered artefact named by params.artefact."""
 
-from heatedasc.logutil import job_logging
-from heatedasc.provenance import record_job
+from heatedasc.job import WHY_INPUT, run_job
 from heatedasc.report import render_job
 
 name = snakemake.params.artefact
-with job_logging(snakemake.log[0], f"heatedasc.{name}") as log:
+with run_job(snakemake) as log:
     outputs = {k: v for k, v in snakemake.output.items() if k != "provenance"}
-    inputs = {k: v for k, v in snakemake.input.items() if k != "recipe"}  # the rerun token is bookkeeping
+    inputs = {k: v for k, v in snakemake.input.items() if k != WHY_INPUT}  # why a rerun: bookkeeping, not data
     render_job(name, inputs=inputs, outputs=outputs, config=snakemake.params.config,
                origin=f"the Snakemake rule {name}")
-    record_job(snakemake, name)
     log.info("%s: wrote %s", name, ", ".join(outputs.values()))

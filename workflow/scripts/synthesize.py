@@ -2,12 +2,11 @@
 
 from pathlib import Path
 
-from heatedasc.logutil import job_logging, show_progress
-from heatedasc.provenance import record_job
+from heatedasc.job import run_job
+from heatedasc.logutil import show_progress
 from heatedasc.synth import generate_dataset
 
-with job_logging(snakemake.log[0], "heatedasc.synthesize") as log:
+with run_job(snakemake) as log:
     root = Path(snakemake.output.meta).parent
     summary = generate_dataset(root, **snakemake.params.synth, progress=show_progress())
     log.info("synthetic dataset at %s: %s", root, summary)
-    record_job(snakemake, "synthesize")

@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from heatedasc.logutil import job_logging, show_progress
-from heatedasc.provenance import record_job
+from heatedasc.job import run_job
+from heatedasc.logutil import show_progress
 from heatedasc.train import run_training
 
-with job_logging(snakemake.log[0], "heatedasc.train") as log:
+with run_job(snakemake) as log:
     wc = snakemake.wildcards
     out_dir = Path(snakemake.output.metrics).parent
     metrics = run_training(
@@ -22,10 +22,10 @@ with job_logging(snakemake.log[0], "heatedasc.train") as log:
         model_cfg=dict(snakemake.params.model),
         loss_cfg=dict(snakemake.params.loss),
         train_cfg=dict(snakemake.params.train),
+        execution_cfg=dict(snakemake.params.execution),
         threads=snakemake.threads,
         progress=show_progress(),
     )
-    record_job(snakemake, "train")
     log.info("%s T=%s %s seed %s: acc A %.3f, avg BC %.3f (best epoch %s, selection=%s)",
              wc.correction, wc.temperature, wc.loss, wc.seed, metrics["acc_a"], metrics["avg_bc"],
              metrics["best_epoch"], metrics["selection"])

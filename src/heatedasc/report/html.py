@@ -6,6 +6,7 @@ hashes; nothing that changes when an identical run is repeated). The page is one
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping
@@ -23,7 +24,7 @@ th{background:#f0f0f0}tr:nth-child(even){background:#fafafa}img{max-width:100%;b
 pre{background:#f6f6f6;padding:0.8em;overflow-x:auto;font-size:0.8em}code{font-size:0.9em}
 .missing{color:#b22222}"""
 
-LINEAGE_HEAD = ("run (correction/T/loss/seed)", "recipe fingerprint", "library sha256", "torch",
+LINEAGE_HEAD = ("run (correction/T/loss/seed)", "recipe sha256", "code sha256", "torch",
                 "train cache sha256", "evaluate cache sha256", "stats sha256", "coefficients sha256")
 # The page is a tracked output: it holds only what an identical rerun reproduces. When and where each run
 # ran (time, host, GPU, SLURM job, git commit) is in logs/provenance/, read by `heatedasc lineage`.
@@ -83,6 +84,20 @@ def embed_png(path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def recipe_digest(record: Mapping) -> str:
+    """One SHA-256 for what made a job's outputs: its rule, wildcards, params, code, CPU kernels and inputs."""
+    return _digest({k: record.get(k) for k in ("rule", "wildcards", "params", "code", "cpu", "inputs")})
+
+
+def code_digest(record: Mapping) -> str:
+    """One SHA-256 for a job's code (its adapter script and library import closure, by content)."""
+    return _digest(record.get("code", {}))
+
+
 def lineage_rows(provenance_files: Iterable) -> list[dict]:
     """One row per run provenance record: the run, its recipe fingerprint, code and torch versions, input hashes."""
     rows = []
@@ -93,7 +108,6 @@ def lineage_rows(provenance_files: Iterable) -> list[dict]:
             continue
         rec = json.loads(f.read_text())
         wc = rec.get("wildcards", {})
-        code = rec.get("code", {})
 
         def first_hash(key):
             hashes = rec.get("inputs", {}).get(key, {})
@@ -102,8 +116,8 @@ def lineage_rows(provenance_files: Iterable) -> list[dict]:
         rows.append({
             "record": str(f),
             "run": "/".join(str(wc.get(k, "?")) for k in ("correction", "temperature", "loss", "seed")),
-            "fingerprint": rec.get("fingerprint"),
-            "library": code.get("package_sha256"),
+            "fingerprint": recipe_digest(rec),
+            "library": code_digest(rec),
             "torch": rec.get("packages", {}).get("torch"),
             "train_cache": first_hash("train"),
             "evaluate_cache": first_hash("evaluate"),

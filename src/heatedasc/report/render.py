@@ -56,11 +56,17 @@ def render_artefact(artefact: Artefact, ctx: RenderContext, out: Mapping[str, st
         raise ValueError(f"{artefact.name}: the renderer did not write {', '.join(unwritten)}")
 
 
-def render_all(results_dir: str | os.PathLike, config: Mapping, *, registry: Registry = REGISTRY) -> dict[str, str]:
-    """Every artefact from the runs found under `results_dir`; returns output key -> path written."""
-    results = Path(results_dir)
+def render_all(results_dir: str | os.PathLike, config: Mapping, out_dir: str | os.PathLike, *,
+               registry: Registry = REGISTRY) -> dict[str, str]:
+    """Every artefact from the runs found under `results_dir`, written under `out_dir` (never over the workflow's
+    own, tracked report: that one is Snakemake's to make); returns output key -> path written."""
+    results, out = Path(results_dir), Path(out_dir)
+    if out.resolve() == results.resolve():
+        raise ValueError(f"{out}: the report of whatever runs exist goes to its own folder, not over the "
+                         f"workflow's {results} (whose files Snakemake and DVC track); pick another --out")
     runs = load_runs(discover_runs(results))
-    paths = registry.paths(results)
+    paths = registry.paths(out)
+    paths.update({f.key: os.path.join(str(results), f.path) for f in registry.upstream_figures})
     ctx = RenderContext(
         config=config, registry=registry, runs=runs, fig2_embeddings=fig2_embeddings(runs, config["report"]),
         provenance_files=[str(Path(d) / "provenance.json") for d in runs["run_dir"]], artefacts=paths,
