@@ -105,7 +105,8 @@ TINY = {
         "train_parallel_per_scene": 2, "train_a_only_per_scene": 2,
         "evaluate_parallel_per_scene": 1, "evaluate_a_only_per_scene": 1,
     },
-    "features": {"n_mels": 32, "batch_size": 16},
+    "features": {"n_mels": 32},
+    "execution": {"features": {"batch_size": 16}},
     "train": {"epochs": 1, "batch_size": 16},
     "sweep": {"correction": ["ref_abc", "ref_bc", "none"], "temperature": [1], "loss": ["focal", "ce"], "seed": [0]},
     "report": {"fig2_temperatures": [1]},
@@ -204,8 +205,9 @@ def test_lineage_audit_reports_exactly_what_went_stale(tmp_path):
     configs = [str(REPO / "params.yaml"), str(override)]
 
     def audit(target, config_files=configs):
-        lineage.plan(config_files, base=tmp_path)
-        return lineage.audit(tmp_path / target, results_dir=tmp_path / "results", base=tmp_path)
+        decisions = lineage.plan(config_files, base=tmp_path)
+        return lineage.audit(tmp_path / target, results_dir=tmp_path / "results", base=tmp_path, decisions=decisions,
+                             data_root=cfg["data"]["root"])
 
     root = audit("results/tables/table3.csv")
     assert not root.stale and lineage.stale_records(root) == []
@@ -217,8 +219,10 @@ def test_lineage_audit_reports_exactly_what_went_stale(tmp_path):
     prepare = next(j for j in tree["jobs"] if j["stage"] == "prepare")
     raw = [l for l in prepare["links"] if l["key"] == "audio" and l["role"] == "input"]
     assert raw and all(len(l["sha256"]) == 64 for l in raw)
-    assert prepare["code"]["package_sha256"] and prepare["packages"]["torch"] == "2.11.0"
-    assert all(len(j["fingerprint"]) == 64 for j in tree["jobs"])
+    assert "workflow/scripts/prepare.py" in prepare["code"] and "heatedasc/prepare.py" in prepare["code"]
+    assert prepare["packages"]["torch"] == "2.11.0"
+    train_job = next(j for j in tree["jobs"] if j["stage"] == "train")
+    assert train_job["params"]["train"]["epochs"] == 1 and "execution" not in train_job["params"]
     text = lineage.render(root)
     assert "[ok] tables" in text and "prepare" in text
 
@@ -241,10 +245,12 @@ def test_lineage_audit_reports_exactly_what_went_stale(tmp_path):
     root = audit("results/runs/none/T1/focal/seed0/metrics.json")
     jobs = {j["stage"]: j for j in lineage.to_dict(root)["jobs"]}
     assert jobs["prepare"]["changes"] == [f"raw audio audio/{wav.name} changed"]
-    assert jobs["synthesize"]["changes"] == [f"output {cfg['data']['root']}/audio changed since the job wrote it"]
+    # records name paths relative to the working directory (portable): here the absolute data root lies inside it
+    assert [l["path"] for l in jobs["synthesize"]["links"] if l["status"] == "changed"] == ["data/synthetic/audio"]
     assert sorted(Path(s).parent.name for s in lineage.stale_records(root)) == ["prepared", "synthetic"]
     out = subprocess.run([sys.executable, "-m", "heatedasc.cli", "lineage", "results/tables/table2.csv",
-                          "--configfile", *configs], cwd=tmp_path, capture_output=True, text=True, env=venv_env())
+                          "--configfile", str(override)], cwd=tmp_path, capture_output=True, text=True,
+                         env={**venv_env(), "PYTHONPATH": str(REPO / "src")})
     assert out.returncode == 3, out.stderr  # 3: checked, found stale
     assert "STALE" in out.stdout and f"✗ raw audio audio/{wav.name} changed" in out.stdout
 
@@ -258,6 +264,7 @@ def test_a_changed_module_reruns_exactly_the_jobs_whose_code_imports_it(tmp_path
     import shutil
 
     from heatedasc import lineage
+    from heatedasc.codedeps import NOT_CODE
 
     copy = tmp_path / "copy"
     for part in ("src", "workflow", "profiles", "Snakefile", "params.yaml"):
@@ -287,12 +294,12 @@ def test_a_changed_module_reruns_exactly_the_jobs_whose_code_imports_it(tmp_path
                                            "tqdm", "markupsafe", "jsonschema"])
         finder.run_script(str(copy / "workflow" / "scripts" / f"{script}.py"))
         runs[script] = {m.split(".")[1] for m in finder.modules if m.startswith("heatedasc.")}
-    not_code = {"logutil", "provenance"}  # the job's log and its record: they describe results, not make them
+    not_code = set(NOT_CODE)  # the job's log, its record and the workflow's checks: they describe results, not make them
 
     modules = sorted({p.stem for p in (copy / "src" / "heatedasc").glob("*.py") if p.stem != "__init__"} | {"report"})
     targets = {m: copy / "src" / "heatedasc" / (f"{m}/__init__.py" if m == "report" else f"{m}.py") for m in modules}
     originals = {m: t.read_text() for m, t in targets.items()}
-    reason = {m: f"code src/heatedasc/{t.relative_to(copy / 'src' / 'heatedasc').as_posix()} changed" for m, t in targets.items()}
+    reason = {m: f"code heatedasc/{t.relative_to(copy / 'src' / 'heatedasc').as_posix()} changed" for m, t in targets.items()}
     expected = {m: {rule for rule, script in scripts.items() if m in runs[script] - not_code} for m in modules}
 
     def check(edited) -> int:
@@ -301,15 +308,15 @@ def test_a_changed_module_reruns_exactly_the_jobs_whose_code_imports_it(tmp_path
         for m in edited:
             targets[m].write_text(originals[m] + "\n# an edit\n")
         try:
-            plan = subprocess.run(base_cmd + ["-n", "--quiet", "rules"], env=env, capture_output=True, text=True)
-            assert plan.returncode == 0, plan.stderr[-3000:]
+            decisions = lineage.plan([str(copy / "params.yaml"), str(override)], base=work, snakefile=copy / "Snakefile",
+                                     env=env)
             decided = {}
-            for f in (work / ".snakemake" / "heatedasc" / "recipes").glob("*/*.json"):
-                d = json.loads(f.read_text())
-                decided[d["job"].split("(")[0]] = [c for c in d["changed"] if c.startswith("code ")]
+            for d in decisions.values():
+                decided.setdefault(d["rule"], set()).update(c for c in d["reasons"] if c.startswith("code "))
             # nothing but the edited files is ever named
             assert {c for reasons in decided.values() for c in reasons} <= {reason[m] for m in edited}, edited
-            root = lineage.audit(work / "results" / "report.html", results_dir=work / "results", base=work)
+            root = lineage.audit(work / "results" / "report.html", results_dir=work / "results", base=work,
+                                 decisions=decisions, data_root="data/synthetic")
             jobs = lineage.to_dict(root)["jobs"]
             for m in edited:
                 marked = {rule for rule, reasons in decided.items() if reason[m] in reasons}

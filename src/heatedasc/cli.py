@@ -39,9 +39,9 @@ def _version() -> str:
 def _configfiles(args) -> list[str] | None:
     """The files a command merges: params.yaml first, then --configfile's, as the Snakefile and `snakemake
     --configfile` merge them (None: the pipeline's default files)."""
-    from heatedasc.config import PARAMS_FILE
+    from heatedasc.config import PARAMS_FILE, REPO_ROOT
 
-    return [PARAMS_FILE, *args.configfile] if args.configfile else None
+    return [str(REPO_ROOT / PARAMS_FILE), *args.configfile] if args.configfile else None
 
 
 # --------------------------------------------------------------------------------------- commands

@@ -23,6 +23,9 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 PARAMS_FILE = "params.yaml"  # the paper configuration; its `pipeline.configfiles` names the default merge
+# Sections no result depends on: speed-only settings, cluster resources, the pipeline's own file list. No record,
+# DVC stage or report holds them, so changing one reruns nothing.
+NOT_RESULT_SECTIONS = ("execution", "resources", "pipeline")
 
 
 class ConfigError(ValueError):
@@ -75,6 +78,48 @@ def schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
+_JSON_TYPES = {"integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict,
+               "null": type(None), "string": str}
+
+
+def coerce_to_schema(config: dict) -> dict:
+    """Give command-line values their schema's type, in place: Snakemake reads `--config key=value` (nested ones
+    included) as strings, so `--config 'train={"epochs": 3}'` would otherwise hold the text '3'. A string where the
+    schema wants a number, a boolean or a list is read as YAML; anything that does not fit stays as it was (and the
+    schema check names it)."""
+    root = schema()
+
+    def resolve(node: Mapping) -> Mapping:
+        while "$ref" in node:
+            node = root["definitions"][node["$ref"].rsplit("/", 1)[1]]
+        return node
+
+    def walk(value, node: Mapping):
+        node = resolve(node)
+        types = node.get("type", [])
+        types = [types] if isinstance(types, str) else list(types)
+        if isinstance(value, str) and types and "string" not in types:
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            if any(isinstance(parsed, _JSON_TYPES[t]) and not (t in ("integer", "number") and isinstance(parsed, bool))
+                   for t in types if t in _JSON_TYPES):
+                value = parsed
+        if isinstance(value, dict):
+            props, extra = node.get("properties", {}), node.get("additionalProperties")
+            for k in list(value):
+                sub = props.get(k, extra if isinstance(extra, Mapping) else None)
+                if sub is not None:
+                    value[k] = walk(value[k], sub)
+        elif isinstance(value, list) and isinstance(node.get("items"), Mapping):
+            value[:] = [walk(v, node["items"]) for v in value]
+        return value
+
+    walk(config, root)
+    return config
+
+
 def check_schema(config: Mapping) -> None:
     """Raise ConfigError naming the first offending key (type, range, unknown or missing key)."""
     import jsonschema
@@ -114,8 +159,10 @@ def check_consistency(config: Mapping) -> None:
             check(f"report.comparisons[{i}].{side} ({comp['name']})", comp[side]["correction"])
 
 
-def validate_config(config: Mapping) -> None:
-    """Schema plus cross-key checks: what every reader of the configuration runs."""
+def validate_config(config: dict) -> None:
+    """Types from the schema for command-line values, then the schema and cross-key checks: what every reader of
+    the configuration runs."""
+    coerce_to_schema(config)
     check_schema(config)
     check_consistency(config)
 

@@ -44,6 +44,7 @@ WHY_DIR = STATE_DIR / "why"
 PLAN_ENV = "HEATEDASC_PLAN"
 MAX_REASONS = 8
 REDATE_STEP_NS = 1_000_000  # 1 ms after the newest input
+ABSENT = object()
 
 
 @dataclass
@@ -170,15 +171,15 @@ def _diff_params(before: Any, now: Any, prefix: str = "params") -> list[str]:
     if isinstance(before, dict) and isinstance(now, dict):
         out = []
         for key in sorted(set(before) | set(now), key=str):
-            out += _diff_params(before.get(key, "<absent>"), now.get(key, "<absent>"), f"{prefix}.{key}")
+            out += _diff_params(before.get(key, ABSENT), now.get(key, ABSENT), f"{prefix}.{key}")
         return out
-    if json.dumps(before, sort_keys=True) == json.dumps(now, sort_keys=True):
+    if before is not ABSENT and now is not ABSENT and json.dumps(before, sort_keys=True) == json.dumps(now, sort_keys=True):
         return []
-    return [f"{prefix} {_short(before)} -> {_short(now)}"]
+    return [f"{prefix}: {_short(before)} -> {_short(now)}"]
 
 
 def _short(v) -> str:
-    text = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    text = "absent" if v is ABSENT else v if isinstance(v, str) else json.dumps(v, sort_keys=True)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -215,8 +216,13 @@ def compare(record: Mapping, *, params: Mapping, code: Mapping, cpu: Mapping | N
     return reasons
 
 
+_SLUG = str.maketrans({"/": "\u2215", "{": "(", "}": ")", "<": "\u2039", "\\": "\u29f5"})
+
+
 def _slug(text: str) -> str:
-    text = re.sub(r"[\x00-\x1f]", " ", text).replace("/", "\u2215").strip()
+    """A file name that says `text`: no path separator, and nothing Snakemake reads as a wildcard ({...}) or a
+    path variable (<...>) in an input path."""
+    text = re.sub(r"[\x00-\x1f]", " ", text).translate(_SLUG).strip()
     return text[:150] or "_"
 
 
@@ -366,8 +372,13 @@ class Currency:
         shown = reasons[:MAX_REASONS]
         if len(reasons) > MAX_REASONS:
             shown.append(f"and {len(reasons) - MAX_REASONS} more differences")
-        newest = max((output_mtime_ns(p) for p in outputs if os.path.exists(p)), default=0)
-        stamp = max(time.time_ns(), newest + 1_000_000_000)
+        # Newer than the oldest output (what Snakemake compares), never in the future: Snakemake checks after the
+        # job that its outputs are newer than every input, and a token from the future would fail that check.
+        stamp = time.time_ns()
+        existing = [p for p in outputs if os.path.exists(p)]
+        if existing and min(output_mtime_ns(p) for p in existing) >= stamp:  # outputs dated in the future
+            for p in existing:
+                redate_output(p, stamp - 1_000_000_000)
         folder.mkdir(parents=True, exist_ok=True)
         tokens = []
         for reason in shown:

@@ -23,8 +23,7 @@ EFFECTIVE_CONFIG = "results/config.yaml"
 SNAKEMAKE = "snakemake {target} --cores all --logger heatedasc --configfile ${{pipeline.configfiles}}"
 WORKFLOW_FILES = ("Snakefile", "workflow/rules/common.smk", "workflow/schemas/config.schema.yaml")
 ALL_PARAMS = "*"
-# What no result depends on: speed-only settings, cluster resources and the pipeline's own file list.
-NOT_RESULTS = ("execution", "resources", "pipeline")
+
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ STAGES = (
         "Tables, figures, the HTML page and the metrics. Whole-folder outs: a new artefact of "
         "heatedasc.report.registry needs no edit here.",
         target="all", scripts=("report_artefact",), rules=("report",),
-        data_deps=("results/runs", "results/coefficients"), params=(ALL_PARAMS,),  # all but NOT_RESULTS
+        data_deps=("results/runs", "results/coefficients"), params=(ALL_PARAMS,),  # all but config.NOT_RESULT_SECTIONS
         outs=("results/tables", "results/figures", "results/report.html", "results/report.provenance.json"),
         extra={
             "outs": [{"results/metrics.json": {"cache": False, "persist": True}}],
@@ -111,10 +110,10 @@ plots:
 
 
 def result_sections() -> list[str]:
-    """The top-level config sections a result can depend on (the schema's, minus NOT_RESULTS)."""
-    from heatedasc.config import schema
+    """The top-level config sections a result can depend on (the schema's, minus config.NOT_RESULT_SECTIONS)."""
+    from heatedasc.config import NOT_RESULT_SECTIONS, schema
 
-    return [k for k in schema()["properties"] if k not in NOT_RESULTS]
+    return [k for k in schema()["properties"] if k not in NOT_RESULT_SECTIONS]
 
 
 def code_deps(stage: Stage, root: Path = REPO_ROOT) -> list[str]:

@@ -51,6 +51,7 @@ class Node:
     volatile: dict = field(default_factory=dict)  # when/where it ran: logs/provenance/, {} on another machine
     links: list[Link] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)  # what differs from what it would read now
+    notes: list[str] = field(default_factory=list)  # facts that do not make it stale (e.g. marked current by --touch)
     parents: list["Node"] = field(default_factory=list)
 
     @property
@@ -84,7 +85,7 @@ def load_records(results_dir: str | os.PathLike, base: str | os.PathLike = ".", 
     if data_root is not None and (Path(base, data_root) / "provenance.json").is_file():
         files.append(Path(base, data_root) / "provenance.json")
     for rec_file in files:
-        if not rec_file.is_file() or "logs" in rec_file.relative_to(base).parts[:1]:
+        if not rec_file.is_file():
             continue
         try:
             raw = json.loads(rec_file.read_text())
@@ -103,8 +104,9 @@ def load_records(results_dir: str | os.PathLike, base: str | os.PathLike = ".", 
 
 
 def plan(configfiles: Sequence[str], *, base: str | os.PathLike = ".", snakefile: str | os.PathLike | None = None,
-         target: str = "all") -> dict[tuple, dict]:
-    """The decisions of a dry run of the workflow with `configfiles` ((rule, wildcards) -> decision)."""
+         target: str = "all", env: dict | None = None) -> dict[tuple, dict]:
+    """The decisions of a dry run of the workflow with `configfiles` ((rule, wildcards) -> decision); `env`: the
+    environment of the snakemake process (default: this one's)."""
     from heatedasc.config import REPO_ROOT
 
     with tempfile.TemporaryDirectory(prefix="heatedasc-plan-") as tmp:
@@ -112,7 +114,7 @@ def plan(configfiles: Sequence[str], *, base: str | os.PathLike = ".", snakefile
         cmd = [sys.executable, "-m", "snakemake", target, "-n", "--quiet", "all", "--snakefile",
                str(snakefile or REPO_ROOT / "Snakefile"), "--directory", str(base), "--configfile",
                *map(str, configfiles)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, PLAN_ENV: str(report)})
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**(os.environ if env is None else env), PLAN_ENV: str(report)})
         if proc.returncode != 0:
             raise ValueError(f"planning the workflow (snakemake -n) failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
         return read_plan(report)
@@ -173,7 +175,7 @@ def audit(target: str | os.PathLike, *, results_dir: str | os.PathLike = "result
                 node.changes = [c for c in d["reasons"] if not (c.startswith(("input ", "output "))
                                                                  and c.endswith(("changed", "since the job wrote it")))]
         if record.get("touched"):
-            node.changes.append(f"outputs {record['touched']}")
+            node.notes.append(f"outputs {record['touched']}")
         if node.stage == "prepare" and any(l.role == "input" and l.key == "audio" and l.status != "ok"
                                            for l in node.links):
             files = changed_raw_files(record, base, data_root)
@@ -247,6 +249,8 @@ def render(root: Node, *, verbose: bool = False) -> str:
                 lines.append(f"{pad}    {mark} {link.role} {link.key}: {link.path} sha256 {link.recorded[:12]}")
         for c in n.changes:
             lines.append(f"{pad}    ✗ {c}")
+        for c in n.notes:
+            lines.append(f"{pad}    ! {c}")
         for p in n.parents:
             walk(p, depth + 1)
 
@@ -271,6 +275,7 @@ def to_dict(root: Node) -> dict:
                     for l in n.links
                 ],
                 "changes": n.changes,
+                "notes": n.notes,
                 "params": n.record.get("params"),
                 "code": n.record.get("code"),
                 "cpu": n.record.get("cpu"),

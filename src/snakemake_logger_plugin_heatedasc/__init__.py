@@ -34,6 +34,7 @@ class LogHandler(LogHandlerBase):
         os.environ[COMPACT_ENV] = "1"  # inherited by local jobs: their own output goes to their log files
         self.stream = sys.stdout if getattr(self.common_settings, "stdout", False) else sys.stderr
         self.started = time.monotonic()
+        self.wall_started = time.time()
         self.done = 0
         self.total = None
         self.running: dict[int, tuple[str, float]] = {}
@@ -57,7 +58,7 @@ class LogHandler(LogHandlerBase):
             self.write(f"{self.total} job(s) to run: {jobs}" if stats else str(record.msg))
         elif event == LogEvent.JOB_INFO:
             label = describe(record.rule_name, getattr(record, "wildcards", None))
-            self.running[record.jobid] = (label, time.monotonic())
+            self.running[record.jobid] = (label, time.time())
             total = self.total if self.total is not None else "?"
             self.write(f"[{time.strftime('%H:%M:%S')}] [{self.done}/{total} done] {label}")
         elif event == LogEvent.PROGRESS:
@@ -67,8 +68,13 @@ class LogHandler(LogHandlerBase):
         elif event == LogEvent.JOB_ERROR:
             label = describe(record.rule_name, None)
             self.write(f"FAILED {label} (job {record.jobid}); log: {', '.join(record.log) or 'none'}")
+            started = self.running.get(record.jobid, (None, self.wall_started))[1]
             for log_file in record.log:
                 try:
+                    if Path(log_file).stat().st_mtime < started - 1.0:
+                        # a log left by an earlier run: the job failed before it began (e.g. it was never submitted)
+                        self.write(f"    {log_file} is from an earlier run: this job did not start; see the error above")
+                        continue
                     lines = Path(log_file).read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
                 except OSError:
                     continue

@@ -83,10 +83,12 @@ class Artefact:
 
 
 def config_subset(config: Mapping, keys: Iterable[str]) -> dict:
-    """The nested dict holding only the dotted `keys` of `config` ("*": all of it)."""
+    """The nested dict holding only the dotted `keys` of `config` ("*": every section a result depends on)."""
+    from heatedasc.config import NOT_RESULT_SECTIONS
+
     keys = list(keys)
     if WHOLE_CONFIG in keys:
-        return dict(config)
+        return {k: v for k, v in config.items() if k not in NOT_RESULT_SECTIONS}
     out: dict = {}
     for dotted in keys:
         node = config
