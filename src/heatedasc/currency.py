@@ -337,7 +337,9 @@ class Currency:
                 self._touch_record(rule_name, wildcards, rule, inputs, outputs)
             decision.tokens = self._tokens(rule_name, wildcards, decision.reasons, all_outputs)
         else:
-            self._redate(input_paths, all_outputs, now)
+            # Snakemake counts the benchmark file among the outputs whose oldest date it compares (Job.output_mintime)
+            benchmark = _flatten(rule.benchmark, wildcards, what) if rule.benchmark else []
+            self._redate(input_paths, all_outputs + [b for b in benchmark if os.path.exists(b)], now)
         return decision
 
     def _decide_producers(self, input_paths: list[str]) -> None:
