@@ -14,8 +14,8 @@ import yaml
 from conftest import REPO
 
 from heatedasc.report import REGISTRY, render_all
-from heatedasc.report.html import code_digest, recipe_digest
 from heatedasc.report import diagnostics as dx
+from heatedasc.report.html import code_digest, recipe_digest
 from heatedasc.report.runs import discover_runs
 
 SCENES = 10

@@ -43,8 +43,9 @@ def _config(tmp_path: Path, name: str) -> Path:
     # The train jobs get a fake GPU (gres File=/dev/fakegpu0), so SLURM sets SLURM_JOB_GPUS and
     # CUDA_VISIBLE_DEVICES in them on a machine without CUDA; `auto` would rightly stop such a job
     # (runtime.resolve_device), so this test names the CPU explicitly.
-    cfg["train"]["device"] = "cpu"
-    cfg["features"]["device"] = "cpu"
+    cfg["execution"] = {"features": {"batch_size": 16, "device": "cpu"},
+                        "train": {"device": "cpu", "channels_last": True, "compile": True, "compile_mode": "default",
+                                  "eval_batch_size": 128}}
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -158,3 +159,32 @@ def test_profile_slurm_runs_the_sweep_survives_a_cancelled_train_job_and_matches
         b = json.loads((local_dir / "results/runs" / c / "T1/focal/seed0/metrics.json").read_text())
         for key in ("acc_a", "acc_b", "acc_c", "avg_bc", "best_epoch"):
             assert a[key] == pytest.approx(b[key], abs=1e-9), (c, key)
+
+
+def test_a_slurm_run_whose_controller_does_not_answer_stops_before_removing_anything(tmp_path):
+    """Snakemake removes a job's old outputs just before submitting it: with the controller down, a forced rerun
+    would lose them and fail anyway. The run asks the controller first (heatedasc.schedulers) and stops, naming it.
+    No scheduler is needed here: `scontrol` is a stand-in that reports the controller down."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    cfg = _config(workdir, "cfg.yaml")
+    target = "results/coefficients/coefficients.png"
+    local = subprocess.run([sys.executable, "-m", "snakemake", target, "--cores", "2", "--directory", str(workdir),
+                            "--configfile", str(REPO / "params.yaml"), str(cfg)],
+                           cwd=REPO, capture_output=True, text=True, env=venv_env(), timeout=900)
+    assert local.returncode == 0, local.stderr[-6000:]
+    plot = workdir / target
+    before = plot.read_bytes()
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("scontrol", "sinfo", "squeue", "sacct", "sacctmgr", "sbatch"):
+        (fake / tool).write_text("#!/bin/sh\necho 'slurm_load_ctl_conf error: Unable to contact slurm controller "
+                                 "(connect failure)' >&2\nexit 1\n")
+        (fake / tool).chmod(0o755)
+    env = {**venv_env(), "PATH": f"{fake}{os.pathsep}{venv_env()['PATH']}"}
+    proc = subprocess.run(_profile_cmd(workdir, cfg)[4:] + [target, "-R", "coefficient_plot"], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "the SLURM controller does not answer" in out and "Nothing was submitted or removed" in out, out[-4000:]
+    assert plot.read_bytes() == before

@@ -114,7 +114,8 @@ def plan(configfiles: Sequence[str], *, base: str | os.PathLike = ".", snakefile
         cmd = [sys.executable, "-m", "snakemake", target, "-n", "--quiet", "all", "--snakefile",
                str(snakefile or REPO_ROOT / "Snakefile"), "--directory", str(base), "--configfile",
                *map(str, configfiles)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**(os.environ if env is None else env), PLAN_ENV: str(report)})
+        env = {**(os.environ if env is None else env), PLAN_ENV: str(report)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise ValueError(f"planning the workflow (snakemake -n) failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
         return read_plan(report)
