@@ -240,6 +240,7 @@ class Currency:
         self.decisions: dict[tuple, Decision] = {}
         self._producers: dict[str, tuple[str, dict]] | None = None
         self._deciding: set[tuple] = set()
+        self._digests: dict[str, str] = {}  # path -> content digest, for one planning pass
 
     # ---- wiring
     def install(self) -> None:
@@ -267,9 +268,12 @@ class Currency:
 
     # ---- records on disk
     def producers(self) -> dict[str, tuple[str, dict]]:
-        """Portable output path -> (rule, wildcards), from the records of every recording rule."""
+        """Portable output path -> (rule, wildcards), from the records of every recording rule. The first call also
+        hashes every file those records name, on every core at once (what a plan after `dvc pull` spends its time
+        on; the jobs' decisions then find the digests ready)."""
         if self._producers is None:
             found: dict[str, tuple[str, dict]] = {}
+            named: set[str] = set()
             for rule in self.workflow.rules:
                 names = dict(getattr(rule.output, "_names", {}))
                 if RECORD_OUTPUT not in names:
@@ -282,8 +286,19 @@ class Currency:
                     for group in record.get("outputs", {}).values():
                         for p in group:
                             found[p] = (rule.name, record.get("wildcards", {}))
+                    for section in ("inputs", "outputs"):
+                        named.update(local(p, self.data_root) for group in record.get(section, {}).values()
+                                     for p in group)
             self._producers = found
+            self._digests.update(digest_many(sorted(named), workers=os.cpu_count() or 1))
         return self._producers
+
+    def digests(self, paths: list[str]) -> dict[str, str]:
+        """Content digests of `paths` ('missing' for absent ones), each computed once per planning pass."""
+        todo = [p for p in paths if p not in self._digests]
+        if todo:
+            self._digests.update(digest_many(todo, workers=os.cpu_count() or 1))
+        return {p: self._digests[p] for p in paths}
 
     # ---- the decision
     def decide(self, rule_name: str, wildcards: Mapping, fresh: bool = False) -> Decision:
@@ -319,8 +334,8 @@ class Currency:
             decision.reasons = ["no record of how the outputs were made (written by older code, or cut short)"]
         else:
             data_outputs = {k: v for k, v in outputs.items() if k != RECORD_OUTPUT}
-            now = digest_many([p for paths in data_outputs.values() for p in paths] +
-                              [p for p in input_paths if os.path.exists(p)])
+            now = self.digests([p for paths in data_outputs.values() for p in paths] +
+                               [p for p in input_paths if os.path.exists(p)])
             params = {k: (_call(f, wildcards, f"{what} params {k}") if (f := _callable(v)) else v)
                       for k, v in rule.params.items()}
             decision.reasons = compare(
@@ -410,6 +425,7 @@ class Currency:
     def verify(self) -> list[Decision]:
         """Decide every job of this run again, from what is on disk now: those not current (none, normally)."""
         self._producers = None
+        self._digests.clear()
         keys = list(self.decisions)
         self.decisions.clear()
         return [d for rule, wc in keys if (d := self.decide(rule, dict(wc))).state != "current"]
