@@ -72,7 +72,10 @@ onstart:
 
 onsuccess:
     # Every job of this run is current by content now, or the run fails naming the ones that are not (so
-    # `dvc repro` never locks a state whose records disagree with the files).
+    # `dvc repro` never locks a state whose records disagree with the files). After --touch, the records of the
+    # touched jobs are made to describe what is there (marked as touched), as the option promises.
+    if workflow.touch:
+        CURRENCY.mark_current()
     stale = [] if run_was_partial(workflow) else CURRENCY.verify()
     if stale:
         raise WorkflowError("these results are not current after the run:\n" + "\n".join(

@@ -348,8 +348,6 @@ class Currency:
             )
         if decision.reasons:
             decision.state = "stale"
-            if self.workflow.touch and not self.workflow.dryrun:
-                self._touch_record(rule_name, wildcards, rule, inputs, outputs)
             decision.tokens = self._tokens(rule_name, wildcards, decision.reasons, all_outputs)
         else:
             # Snakemake counts the benchmark file among the outputs whose oldest date it compares (Job.output_mintime)
@@ -408,18 +406,31 @@ class Currency:
             tokens.append(str(token))
         return tokens
 
-    def _touch_record(self, rule_name, wildcards, rule, inputs, outputs) -> None:
+    def _touch_record(self, rule_name: str, wildcards: dict) -> None:
         """--touch: the record of an out-of-date job now describes what is there, marked as touched."""
         from heatedasc.fileio import write_json
         from heatedasc.provenance import stable_record
 
-        params = {k: (_call(f, wildcards, f"rule {rule_name} params {k}") if (f := _callable(v)) else v)
+        rule, what = self.workflow.get_rule(rule_name), f"rule {rule_name}"
+        outputs = _named(rule.output, wildcards, what)
+        params = {k: (_call(f, wildcards, f"{what} params {k}") if (f := _callable(v)) else v)
                   for k, v in rule.params.items()}
         record = stable_record(rule=rule_name, wildcards=wildcards, params=params, script=_script(rule),
-                               inputs=inputs, outputs={k: v for k, v in outputs.items() if k != RECORD_OUTPUT},
+                               inputs=_named(rule.input, wildcards, what, skip=(WHY_INPUT,)),
+                               outputs={k: v for k, v in outputs.items() if k != RECORD_OUTPUT},
                                cpu=self.expected_cpu, data_root=self.data_root)
         record["touched"] = "marked current by snakemake --touch, not recomputed"
         write_json(outputs[RECORD_OUTPUT][0], record)
+
+    def mark_current(self, rounds: int = 20) -> None:
+        """After `snakemake --touch`: rewrite the record of every out-of-date job of the run to describe its inputs
+        and outputs as they are, round after round until none is left (a job's record is its consumers' input)."""
+        for _ in range(rounds):
+            stale = [d for d in self.verify() if d.state == "stale"]
+            if not stale:
+                return
+            for d in stale:
+                self._touch_record(d.rule, d.wildcards)
 
     # ---- after a run
     def verify(self) -> list[Decision]:
