@@ -55,7 +55,7 @@ def make_tree(out: Path, scale: float, raw_bytes: int) -> dict:
         for device, n in counts.items():
             for i in range(max(3, int(n * scale))):
                 scene = SCENES[i % len(SCENES)]
-                rows.append((split, f"audio/{scene}-city{i % 10}-{i // 10}-{i}-{device}.wav", scene, device))
+                rows.append((split, f"audio/{scene}-city{i % 10}-{split}{i // 10}-{i}-{device}.wav", scene, device))
     data = out / "data" / "TAU"
     (data / "evaluation_setup").mkdir(parents=True, exist_ok=True)
     meta = ["filename\tscene_label\tidentifier\tsource_label"]
