@@ -64,7 +64,7 @@ def write_set(folder: Path, n_clips: int) -> None:
         sf.write(audio / name, (0.9 * x / np.abs(x).max()).astype(np.float32), SR, subtype="PCM_24")
         rows.append(dict(filename=f"audio/{name}", scene_label="park", label=4, device=device, city="lyon",
                          location=str(g), segment="0", identifier=f"lyon-{g}", group=group, split="train",
-                         source_label=device, raw_sha256="0" * 64))
+                         source_label=device, raw_md5="0" * 32))
     pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
 
 

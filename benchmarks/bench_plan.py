@@ -1,9 +1,14 @@
-"""How long `snakemake -n` takes on a paper-size tree right after `dvc pull` (every file new to the hash memo, dates in
-any order), against a second plan in the same process state (memo warm). No real audio: synthetic bytes of the paper's
-sizes at every path the paper DAG writes, and records describing them (made with `snakemake --touch`, which records
-what is there), so the plan does the same work it would on real results.
+"""How long `snakemake -n` takes on a paper-size tree right after `dvc pull`: every file new to the hash memo, dates
+in DVC's order. No real audio: synthetic bytes of the paper's sizes at every path the paper DAG writes, and records
+describing them (made with `snakemake --touch`, which records what is there), so the plan does the same work it would
+on real results. The tree is then put under DVC (`dvc add results`, copy link type), removed and checked out again as
+a pull would, and planned three ways:
 
-    python benchmarks/bench_plan.py --out /tmp/plan               # paper size: ~42 GB on disk, minutes to write
+* after the checkout (DVC's state knows every file it wrote: nothing is read),
+* the same with DVC's state turned off and the page cache dropped (every byte read from disk),
+* again (the memo warm).
+
+    python benchmarks/bench_plan.py --out /tmp/plan               # paper size: ~42 GB, twice that with DVC's cache
     python benchmarks/bench_plan.py --out /tmp/plan --scale 0.01  # the same tree with 1 % of the clips
 
 The raw dataset is the user's and stays where it is across `git pull && dvc pull`, so by default its files are small
@@ -124,11 +129,11 @@ def fill_missing_outputs(work: Path) -> None:
             write(target, 20_000, n, block)
 
 
-def snakemake(work: Path, *args: str) -> tuple[float, str]:
+def snakemake(work: Path, *args: str, env: dict | None = None) -> tuple[float, str]:
     cmd = [sys.executable, "-m", "snakemake", *args, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
            "--configfile", str(REPO / "params.yaml"), str(work / "bench.yaml")]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -163,24 +168,44 @@ def main(argv=None) -> int:
     warm0, out0 = snakemake(work, "-n", "--quiet", "rules")
     assert "Nothing to be done" in out0, out0[-2000:]
 
-    # As after `dvc pull`: new files (the memo knows none of them), dates in any order, nothing in the page cache.
-    (work / ".snakemake" / "heatedasc" / "hashes.sqlite").unlink()
+    # As after `dvc pull`: DVC writes every file anew (the memo knows none of them) and records their MD5s.
+    dvc = [sys.executable, "-m", "dvc"]
+    quiet = {"capture_output": True, "text": True, "cwd": work, "check": True,
+             "env": {**os.environ, "DVC_NO_ANALYTICS": "1"}}
+    subprocess.run(["git", "init", "-q"], **quiet)
+    subprocess.run(dvc + ["init", "-q"], **quiet)
+    subprocess.run(dvc + ["config", "cache.type", "copy"], **quiet)
+    t0 = time.perf_counter()
+    subprocess.run(dvc + ["add", "-q", "results"], **quiet)
+    add_s = time.perf_counter() - t0
+    shutil.rmtree(work / "results")
+    t0 = time.perf_counter()
+    subprocess.run(dvc + ["checkout", "-q"], **quiet)
+    checkout_s = time.perf_counter() - t0
+    memo = work / ".snakemake" / "heatedasc" / "hashes.sqlite"
+    memo.unlink()
+    after_pull, out1 = snakemake(work, "-n", "--quiet", "rules")
+    assert "Nothing to be done" in out1, out1[-2000:]
+
+    # The same state, read from disk: memo empty again, DVC's state not used, nothing in the page cache.
+    memo.unlink()
     rng = random.Random(0)
     now = time.time()
     for p in (work / "results").rglob("*"):
         t = now - rng.random() * 600
         os.utime(p, (t, t))
     cache = drop_page_cache()
-    cold, out1 = snakemake(work, "-n", "--quiet", "rules")
-    assert "Nothing to be done" in out1, out1[-2000:]
-    warm, out2 = snakemake(work, "-n", "--quiet", "rules")
+    read_all, out2 = snakemake(work, "-n", "--quiet", "rules", env={"HEATEDASC_DVC_STATE": "off"})
     assert "Nothing to be done" in out2, out2[-2000:]
-    print(f"\n{'plan (snakemake -n), paper DAG':<48}{'seconds':>10}")
-    print(f"{'after a pull: memo empty, dates scrambled':<48}{cold:>10.1f}   page cache {cache}")
-    print(f"{'again (memo warm)':<48}{warm:>10.1f}")
-    print(f"{'ratio':<48}{cold / warm:>10.1f}x")
-    print(f"hashing rate of the first plan: {tree['bytes'] / 1e9 / max(cold - warm, 1e-9):.2f} GB/s "
-          f"({os.cpu_count()} cores)")
+    warm, out3 = snakemake(work, "-n", "--quiet", "rules")
+    assert "Nothing to be done" in out3, out3[-2000:]
+    print(f"\n(dvc add {add_s:.0f} s, dvc checkout {checkout_s:.0f} s)")
+    print(f"{'plan (snakemake -n), paper DAG':<58}{'seconds':>10}")
+    print(f"{'after dvc checkout (memo empty, DVC state used)':<58}{after_pull:>10.1f}")
+    print(f"{'memo empty, DVC state off, every byte read':<58}{read_all:>10.1f}   page cache {cache}")
+    print(f"{'again (memo warm)':<58}{warm:>10.1f}")
+    print(f"{'read-all / after-checkout':<58}{read_all / after_pull:>10.1f}x")
+    print(f"disk read rate of the read-all plan: {tree['bytes'] / 1e9 / max(read_all - warm, 1e-9):.2f} GB/s")
     if not args.keep:
         shutil.rmtree(args.out, ignore_errors=True)
     return 0

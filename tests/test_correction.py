@@ -31,7 +31,7 @@ def manifest_of(spec: list[tuple[str, str, str]]) -> pd.DataFrame:
         scene, city, location, segment = group.split("-")
         rows.append(dict(filename=f"audio/{group}-{device}.wav", scene_label=scene, label=0, device=device,
                          city=city, location=location, segment=segment, identifier=f"{city}-{location}",
-                         group=group, split=split, raw_sha256="0" * 64))
+                         group=group, split=split, raw_md5="0" * 32))
     return pd.DataFrame(rows)
 
 

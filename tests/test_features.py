@@ -49,7 +49,7 @@ def write_dataset(tmp_path, rng, spec: list[tuple[str, str, str]], n_samples: in
         sf.write(audio / name, gain * coloured_noise(rng, n_samples, dc=0.01), SMALL["sample_rate"], subtype="FLOAT")
         rows.append(dict(filename=f"audio/{name}", scene_label=scene, label=0, device=device, city=city,
                          location=location, segment=segment, identifier=f"{city}-{location}", group=group,
-                         split=split, raw_sha256="0" * 64))
+                         split=split, raw_md5="0" * 32))
     return pd.DataFrame(rows), audio
 
 

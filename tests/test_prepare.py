@@ -82,10 +82,10 @@ def test_resample_downmix_to_exact_length(root, tmp_path):
     out = tmp_path / "out"
     df = run(root, out)
     assert list(df.columns) == ["filename", "scene_label", "label", "device", "city", "location", "segment",
-                                "identifier", "group", "split", "source_label", "raw_sha256"]
+                                "identifier", "group", "split", "source_label", "raw_md5"]
     manifest = pd.read_csv(out / "manifest.csv", dtype={"location": str, "segment": str})
     assert len(manifest) == 70 and manifest["split"].isin(["train", "evaluate"]).all()
-    assert manifest["raw_sha256"].iloc[0] == hashlib.sha256((root / manifest["filename"].iloc[0]).read_bytes()).hexdigest()
+    assert manifest["raw_md5"].iloc[0] == hashlib.md5((root / manifest["filename"].iloc[0]).read_bytes()).hexdigest()
     assert sorted(p.name for p in (out / "audio").iterdir()) == sorted(manifest["filename"].str[len("audio/"):])
     for name in manifest["filename"][:6]:
         info = sf.info(str(out / "audio" / name[len("audio/"):]))

@@ -273,3 +273,27 @@ def test_a_rule_that_records_nothing_stops_every_command_naming_it(tmp_path):
                            str(REPO / "config" / "smoke.yaml")], capture_output=True, text=True, env=env())
     assert proc.returncode != 0
     assert "rule forgetful: every rule that writes files must name its record `provenance=...`" in proc.stdout + proc.stderr
+
+
+def test_a_run_whose_results_are_not_current_at_its_end_fails_naming_them(project):
+    """The end-of-run check (what keeps `dvc repro` from locking an inconsistent state): a raw wav changes while
+    the run trains, so the data jobs that read it are out of date when the run ends."""
+    for run in (project / "results" / "runs").glob("*/T1/focal/seed0"):
+        (run / "metrics.json").unlink()  # both training runs and the report to do
+    shutil.rmtree(project / "logs" / "train")  # the first run's logs: a new one means training has begun
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "--snakefile", str(REPO / "Snakefile"), "--directory",
+           str(project), "--configfile", str(REPO / "params.yaml"), str(project / "tiny.yaml")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+    train_log = project / "logs" / "train"
+    deadline = time.monotonic() + 300
+    while not any(train_log.rglob("*.log")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    wav = sorted((project / "data" / "synthetic" / "audio").glob("*.wav"))[0]
+    data = bytearray(wav.read_bytes())
+    data[-1] ^= 0x01
+    wav.write_bytes(bytes(data))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode != 0, out[-3000:]
+    assert "these results are not current after the run:" in out
+    assert "synthesize: output data/synthetic/audio changed since the job wrote it" in out
+    assert "prepare: input data/synthetic/audio changed" in out

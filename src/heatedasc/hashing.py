@@ -1,10 +1,17 @@
-"""Content digests of files and folders, with an on-disk memo so that a multi-GB input is hashed once.
+"""Content digests of files and folders, read as few times as possible.
 
-A file's digest is the SHA-256 of its bytes; a folder's is the SHA-256 over its sorted (relative path, file
-digest) pairs. The memo maps a file's identity — path, size, modification time, status-change time (ctime),
-inode and device — to its digest. ctime is set by the kernel on every write and cannot be set back by hand, so
-an edit that keeps size, mtime and inode still misses the memo. `HEATEDASC_HASH_CACHE` names the memo file
-(default `.snakemake/heatedasc/hashes.sqlite` in the working directory); `off` hashes everything every time.
+A file's digest is the MD5 of its bytes — DVC's content hash, so a file DVC has just written (`dvc pull`, `dvc
+checkout`) is known without reading it; a folder's is the MD5 over its sorted (relative path, file digest) pairs.
+Digests are looked up, in order:
+
+1. in the memo, which maps a file's identity — path, size, modification time, status-change time (ctime), inode
+   and device — to its digest. ctime is set by the kernel on every write and cannot be set back by hand, so an
+   edit that keeps size, mtime and inode still misses it. `HEATEDASC_HASH_CACHE` names the memo file (default
+   `.snakemake/heatedasc/hashes.sqlite` in the working directory); `off` turns it off;
+2. in DVC's own state of the repository the working directory lies in (inode, mtime and size -> MD5, saved as
+   DVC writes or hashes a file), trusted only while the file's ctime equals its mtime, i.e. nothing touched it
+   since it was written. `HEATEDASC_DVC_STATE=off` turns this off;
+3. by reading the file.
 """
 
 from __future__ import annotations
@@ -20,11 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
-from heatedasc.fileio import sha256_file
+ALGORITHM = "md5"  # what DVC content-addresses with
 
 log = logging.getLogger("heatedasc.hashing")
 
 MEMO_ENV = "HEATEDASC_HASH_CACHE"
+DVC_STATE_ENV = "HEATEDASC_DVC_STATE"
+WRITTEN_SLACK_NS = 2_000_000_000  # ctime within this of mtime: the file is as it was written
 MEMO_DEFAULT = Path(".snakemake") / "heatedasc" / "hashes.sqlite"
 # Snakemake drops this file into directory outputs after a job: not content.
 SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"
@@ -128,15 +137,74 @@ def memo() -> Memo:
     return _MEMOS[key]
 
 
+def read_digest(path: str | os.PathLike) -> str:
+    """The digest of a file's bytes, read in chunks (constant memory)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, ALGORITHM).hexdigest()
+
+
+class DvcState:
+    """DVC's record of the files it wrote or hashed in one repository (read only)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._repo = None
+        self._opened = False
+        self._lock = threading.Lock()
+
+    def _open(self):
+        if self._opened:
+            return self._repo
+        self._opened = True
+        try:
+            from dvc.repo import Repo
+
+            self._repo = Repo(str(self.root))
+        except Exception as exc:  # no DVC, or a repository it cannot open: read the files instead
+            log.debug("DVC's state is not available (%s)", exc)
+        return self._repo
+
+    def md5(self, path: str, st: os.stat_result) -> str | None:
+        if abs(st.st_ctime_ns - st.st_mtime_ns) > WRITTEN_SLACK_NS:
+            return None  # touched since it was written (re-dated, or edited and its date put back)
+        with self._lock:
+            repo = self._open()
+            if repo is None:
+                return None
+            try:
+                _, info = repo.state.get(path, repo.fs)
+            except Exception:
+                return None
+        return info.value if info is not None and info.name == "md5" else None
+
+
+_DVC_STATES: dict[Path, DvcState] = {}
+
+
+def dvc_state() -> DvcState | None:
+    """DVC's state of the repository the working directory lies in, or None (none, or turned off)."""
+    if os.environ.get(DVC_STATE_ENV, "").lower() in ("off", "0", "false", "none"):
+        return None
+    here = Path.cwd().resolve()
+    root = next((d for d in (here, *here.parents) if (d / ".dvc").is_dir()), None)
+    if root is None:
+        return None
+    return _DVC_STATES.setdefault(root, DvcState(root))
+
+
 def file_digest(path: str | os.PathLike) -> str:
-    """The digest of one file, through the memo."""
+    """The digest of one file: from the memo, from DVC's state, or read."""
     real = os.path.realpath(path)
     st = os.stat(real)
     key = _identity(st, real)
     m = memo()
     digest = m.get(key)
     if digest is None:
-        digest = sha256_file(real)
+        state = dvc_state()
+        names = dict.fromkeys([os.path.abspath(path), real])  # DVC keys a file by the path it wrote it at
+        digest = next((d for name in names if (d := state.md5(name, st))), None) if state else None
+        if digest is None:
+            digest = read_digest(real)
         if os.stat(real).st_mtime_ns == st.st_mtime_ns:  # not rewritten while it was read
             m.put(key, digest)
     return digest
@@ -154,9 +222,9 @@ def tree_files(root: str | os.PathLike) -> list[Path]:
 
 
 def tree_digest(root: str | os.PathLike, digests: dict[Path, str] | None = None) -> str:
-    """One digest for a folder: SHA-256 over the sorted (relative path, file digest) pairs."""
+    """One digest for a folder: the hash over the sorted (relative path, file digest) pairs."""
     root = Path(root)
-    h = hashlib.sha256()
+    h = hashlib.new(ALGORITHM)
     for f in tree_files(root):
         d = digests[f] if digests is not None and f in digests else file_digest(f)
         h.update(f"{f.relative_to(root).as_posix()}\0{d}\n".encode())

@@ -122,7 +122,7 @@ def plan(configfiles: Sequence[str], *, base: str | os.PathLike = ".", snakefile
 
 
 def changed_raw_files(record: dict, base: Path, data_root) -> list[str]:
-    """For the prepare job: the raw audio files whose content differs from the manifest's raw_sha256."""
+    """For the prepare job: the raw audio files whose content differs from the manifest's raw_md5."""
     import pandas as pd
 
     manifests = [p for paths in record.get("outputs", {}).values() for p in paths if p.endswith("manifest.csv")]
@@ -132,7 +132,7 @@ def changed_raw_files(record: dict, base: Path, data_root) -> list[str]:
     root = Path(local(metas[0], data_root)).parent
     root = root if root.is_absolute() else base / root
     changed = []
-    for name, sha in pd.read_csv(base / manifests[0], usecols=["filename", "raw_sha256"]).itertuples(index=False):
+    for name, sha in pd.read_csv(base / manifests[0], usecols=["filename", "raw_md5"]).itertuples(index=False):
         path = root / name
         if not path.is_file():
             changed.append(f"{name} (missing)")
@@ -247,7 +247,7 @@ def render(root: Node, *, verbose: bool = False) -> str:
             # Always show raw inputs (audio, metadata) and anything that changed.
             if link.status != "ok" or verbose or (link.role == "input" and not link.produced):
                 mark = {"ok": "✓", "changed": "✗ changed", "missing": "✗ missing"}[link.status]
-                lines.append(f"{pad}    {mark} {link.role} {link.key}: {link.path} sha256 {link.recorded[:12]}")
+                lines.append(f"{pad}    {mark} {link.role} {link.key}: {link.path} md5 {link.recorded[:12]}")
         for c in n.changes:
             lines.append(f"{pad}    ✗ {c}")
         for c in n.notes:
@@ -272,7 +272,7 @@ def to_dict(root: Node) -> dict:
                 "stale": n.stale,
                 "own_ok": n.own_ok,
                 "links": [
-                    {"role": l.role, "key": l.key, "path": l.path, "status": l.status, "sha256": l.recorded}
+                    {"role": l.role, "key": l.key, "path": l.path, "status": l.status, "digest": l.recorded}
                     for l in n.links
                 ],
                 "changes": n.changes,

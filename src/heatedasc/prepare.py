@@ -24,7 +24,7 @@ from heatedasc.fileio import atomic_path, chmod_default, replace_dir, write_json
 from heatedasc.hashing import file_digest
 from heatedasc.tau import DEVICES, MANIFEST_COLUMNS, SPLITS, DatasetError, load_tau, summarize
 
-MANIFEST_OUTPUT_COLUMNS = MANIFEST_COLUMNS + ("raw_sha256",)  # the manifest is the TAU table + raw hashes
+MANIFEST_OUTPUT_COLUMNS = MANIFEST_COLUMNS + ("raw_md5",)  # the manifest is the TAU table + raw hashes
 PCM24_MAX = 1.0 - 2.0 ** -23  # the largest sample a 24-bit wav holds; anything beyond is clipped on writing
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def prepare_dataset(
                                          "seconds": raw_len / sr}
                 write_wav(staging / Path(name).name, mono, sample_rate, subtype="PCM_24")
                 hashes.append(file_digest(path))
-            df["raw_sha256"] = hashes
+            df["raw_md5"] = hashes
             df = df[list(MANIFEST_OUTPUT_COLUMNS)]
 
             per_split_device = {

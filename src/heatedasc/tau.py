@@ -99,7 +99,7 @@ def _check_duplicates(df: pd.DataFrame, path: Path) -> None:
 def load_tau(root: str | os.PathLike, devices: Iterable[str] = DEVICES) -> pd.DataFrame:
     """Read and cross-check meta.csv and the fold1 train/evaluate/test lists.
 
-    Returns one row per meta.csv file with the manifest columns (without raw_sha256); files
+    Returns one row per meta.csv file with the manifest columns (without raw_md5); files
     listed in no fold get split ``unused``. Any inconsistency raises DatasetError naming the
     file and the 1-based data row.
     """

@@ -25,7 +25,7 @@ pre{background:#f6f6f6;padding:0.8em;overflow-x:auto;font-size:0.8em}code{font-s
 .missing{color:#b22222}"""
 
 LINEAGE_HEAD = ("run (correction/T/loss/seed)", "recipe sha256", "code sha256", "torch",
-                "train cache sha256", "evaluate cache sha256", "stats sha256", "coefficients sha256")
+                "train cache md5", "evaluate cache md5", "stats md5", "coefficients md5")
 # The page is a tracked output: it holds only what an identical rerun reproduces. When and where each run
 # ran (time, host, GPU, SLURM job, git commit) is in logs/provenance/, read by `heatedasc lineage`.
 WHEN_WHERE = ("When and where each run ran (time, host, GPU, SLURM job, git commit) is kept beside the logs on "
