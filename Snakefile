@@ -10,7 +10,8 @@ from snakemake.utils import min_version
 from heatedasc.config import hidden_edits, validate_config
 from heatedasc.currency import Currency
 from heatedasc.ownership import check_data_root
-from heatedasc.schedulers import check_cluster_reachable
+from heatedasc.fileio import clean_scratch
+from heatedasc.sessions import check_cluster_reachable, clear_stale_locks, end_with_dvc, record_holder, release_holder
 
 min_version("9.15")
 
@@ -64,13 +65,23 @@ rule train_all:
 # job an input that names why. Every rule that writes files must record them: one that forgets stops here.
 CURRENCY = Currency(workflow, config)
 CURRENCY.install()
+if workflow.is_main_process:
+    end_with_dvc()  # inside a DVC stage: end when dvc ends
+    clear_stale_locks()  # left by a run that was killed: no `snakemake --unlock` needed
+    clean_scratch()  # temporary files of writers that are gone (heatedasc.fileio)
 
 
 onstart:
     check_cluster_reachable(workflow)  # before Snakemake removes any output to rerun it
+    record_holder()
+
+
+onerror:
+    release_holder()
 
 
 onsuccess:
+    release_holder()
     # Every job of this run is current by content now, or the run fails naming the ones that are not (so
     # `dvc repro` never locks a state whose records disagree with the files). After --touch, the records of the
     # touched jobs are made to describe what is there (marked as touched), as the option promises.

@@ -16,7 +16,7 @@ import torch
 import heatedasc.feature_cache as feature_cache_module
 import heatedasc.features as features_module
 from heatedasc.dsp import mel_filterbank, stft_magnitude
-from heatedasc.feature_cache import cache_key, load_feature_cache
+from heatedasc.feature_cache import cache_key, load_feature_cache, parts_root
 from heatedasc.feature_stats import RunningMeanStd, compute_feature_stats, load_stats, save_stats
 from heatedasc.features import LogMelExtractor, build_feature_cache
 
@@ -333,7 +333,15 @@ class _Recorder:
         monkeypatch.setattr(features_module, "read_wave", read_wave)
 
 
-def test_feature_cache_resumes_after_a_kill_and_recomputes_only_missing_shards(tmp_path, monkeypatch):
+@pytest.fixture
+def in_a_workflow_dir(tmp_path, monkeypatch):
+    """Run from a workflow directory (one with Snakemake's .snakemake/), as every job does."""
+    (tmp_path / ".snakemake").mkdir()
+    monkeypatch.chdir(tmp_path)
+
+
+def test_feature_cache_resumes_after_a_kill_and_recomputes_only_missing_shards(tmp_path, monkeypatch,
+                                                                              in_a_workflow_dir):
     manifest, audio, extractor, stats = _resume_fixture(tmp_path)
     # Reference: one uninterrupted run with other batch/shard sizes (the bytes must not depend on them).
     ref = build_feature_cache(manifest, "train", audio, extractor, stats, tmp_path / "ref" / "train.npy",
@@ -347,7 +355,10 @@ def test_feature_cache_resumes_after_a_kill_and_recomputes_only_missing_shards(t
             build_feature_cache(manifest, "train", audio, extractor, stats, out, csv, **kw)
     assert killed.shards == [(0, 2), (2, 4)]
     assert not out.exists() and not csv.exists()
-    (key_dir,) = (tmp_path / "c" / "train.npy.parts").iterdir()
+    assert not [p for p in (tmp_path / "c").rglob("*") if p.is_file()]  # nothing where DVC tracks the output
+    parts = parts_root(out)
+    assert parts.parent == tmp_path / ".snakemake" / "heatedasc" / "scratch"
+    (key_dir,) = parts.iterdir()
     assert sorted(p.name.split(".")[0] for p in key_dir.iterdir()) == ["rows-00000000-00000002",
                                                                       "rows-00000002-00000004"]
 
@@ -359,11 +370,11 @@ def test_feature_cache_resumes_after_a_kill_and_recomputes_only_missing_shards(t
     assert sorted(set(rerun.reads) - {names[0]}) == sorted(names[4:])  # rows 0-3 never read again
     assert out.read_bytes() == (tmp_path / "ref" / "train.npy").read_bytes()
     assert info["sha256"] == ref["sha256"] and info["shape"] == ref["shape"]
-    assert not (tmp_path / "c" / "train.npy.parts").exists()
+    assert not parts.exists()
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["train.csv", "train.npy"]
 
 
-def test_corrupt_shard_is_recomputed_and_stale_config_shards_are_not_reused(tmp_path, monkeypatch):
+def test_corrupt_shard_is_recomputed_and_stale_config_shards_are_not_reused(tmp_path, monkeypatch, in_a_workflow_dir):
     manifest, audio, extractor, stats = _resume_fixture(tmp_path)
     ref = build_feature_cache(manifest, "train", audio, extractor, stats, tmp_path / "ref" / "train.npy",
                               tmp_path / "ref" / "train.csv", batch_size=2, progress=False)
@@ -373,7 +384,7 @@ def test_corrupt_shard_is_recomputed_and_stale_config_shards_are_not_reused(tmp_
         _Recorder(m, fail_after=4)
         with pytest.raises(KeyboardInterrupt):
             build_feature_cache(manifest, "train", audio, extractor, stats, out, csv, **kw)
-    (key_dir,) = (tmp_path / "c" / "train.npy.parts").iterdir()
+    (key_dir,) = parts_root(out).iterdir()
     shards = sorted(key_dir.glob("rows-*.npy"))
     assert len(shards) == 4
     # Shard 2-4: flip payload bytes (header intact); shard 4-6: truncated; a leftover temp file too.

@@ -163,7 +163,7 @@ def test_profile_slurm_runs_the_sweep_survives_a_cancelled_train_job_and_matches
 
 def test_a_slurm_run_whose_controller_does_not_answer_stops_before_removing_anything(tmp_path):
     """Snakemake removes a job's old outputs just before submitting it: with the controller down, a forced rerun
-    would lose them and fail anyway. The run asks the controller first (heatedasc.schedulers) and stops, naming it.
+    would lose them and fail anyway. The run asks the controller first (heatedasc.sessions) and stops, naming it.
     No scheduler is needed here: `scontrol` is a stand-in that reports the controller down."""
     workdir = tmp_path / "work"
     workdir.mkdir()

@@ -20,8 +20,10 @@ from heatedasc.losses import make_loss  # noqa: E402
 from heatedasc.metrics import ece_from_bins, expected_calibration_error, reliability_bins  # noqa: E402
 from heatedasc.model import ASCNet  # noqa: E402
 from heatedasc.tau import select_holdout  # noqa: E402
+from heatedasc.fileio import resumable_dir  # noqa: E402
 from heatedasc.train import (  # noqa: E402
     EXECUTION_KEYS,
+    RESUME_DIR,
     HISTORY_COLUMNS,
     BatchRunner,
     draw_epoch_mixup,
@@ -346,7 +348,7 @@ def test_outputs_follow_contract(baseline):
     model = ASCNet(n_classes=10, **MODEL_CFG)
     model.load_state_dict(ckpt["state_dict"])
     assert ckpt["meta"]["best_epoch"] == saved["best_epoch"]
-    assert not (out / ".resume").exists()
+    assert not resumable_dir(out, RESUME_DIR).exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
@@ -366,13 +368,14 @@ def test_same_seed_twice_gives_identical_metrics(baseline, cache, tmp_path):
 def test_resume_after_kill_gives_identical_metrics(baseline, cache, tmp_path, caplog):
     out = tmp_path / "ref_abc" / "T10.0" / "focal" / "seed0"
     assert train(cache, out, stop_after_epoch=1) == {"stopped_after_epoch": 1}
-    assert (out / ".resume" / "last.pt").is_file() and not (out / "metrics.json").exists()
+    assert (resumable_dir(out, RESUME_DIR) / "last.pt").is_file() and not (out / "metrics.json").exists()
+    assert not out.exists() or not any(out.iterdir())  # the checkpoint is kept outside the run's tracked folder
     with caplog.at_level("INFO", logger="heatedasc.train"):
         resumed = train(cache, out)
     assert f"resuming {out} after epoch 1" in caplog.text  # really resumed, not restarted
     assert "epoch 1/3" not in caplog.text and "epoch 2/3" in caplog.text
     assert resumed == baseline[1]
-    assert not (out / ".resume").exists()
+    assert not resumable_dir(out, RESUME_DIR).exists()
     hist = pd.read_csv(out / "history.csv")
     base = pd.read_csv(baseline[0] / "history.csv")
     pd.testing.assert_frame_equal(hist, base)

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from heatedasc.fileio import atomic_path
+from heatedasc.fileio import DiskFullError, atomic_path, free_bytes
 
 
 def _soundfile():
@@ -88,12 +88,23 @@ def to_mono_fixed(
     return np.ascontiguousarray(mono, dtype=np.float32), changes
 
 
+SAMPLE_BYTES = {"PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+WAV_HEADER_BYTES = 44
+
+
 def write_wav(path: str | os.PathLike, wave: np.ndarray, sr: int, subtype: str = "PCM_24") -> None:
-    """Write ``wave`` ([samples] or [channels, samples]) as WAV, atomically."""
+    """Write ``wave`` ([samples] or [channels, samples]) as WAV, atomically. libsndfile reports a full disk as
+    "System error."; checked against the free space first, it is a DiskFullError naming the file and the bytes."""
     wave = np.asarray(wave)
     data = wave.T if wave.ndim == 2 else wave
-    with atomic_path(Path(path)) as tmp:
-        _soundfile().write(str(tmp), data, int(sr), subtype=subtype, format="WAV")
+    size = WAV_HEADER_BYTES + data.size * SAMPLE_BYTES.get(subtype, 4)
+    with atomic_path(Path(path), size=size) as tmp:
+        try:
+            _soundfile().write(str(tmp), data, int(sr), subtype=subtype, format="WAV")
+        except RuntimeError as exc:  # soundfile.LibsndfileError
+            if free_bytes(tmp) < size:
+                raise DiskFullError(path, size) from exc
+            raise
 
 
 # ------------------------------------------------------------------------------ prepared clips

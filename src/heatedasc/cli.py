@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Callable, Sequence
 
 EXIT_ERROR = 1
@@ -41,7 +42,13 @@ def _configfiles(args) -> list[str] | None:
     --configfile` merge them (None: the pipeline's default files)."""
     from heatedasc.config import PARAMS_FILE, REPO_ROOT
 
-    return [str(REPO_ROOT / PARAMS_FILE), *args.configfile] if args.configfile else None
+    if not args.configfile:
+        return None
+    files = list(args.configfile)
+    if Path(files[0]).name == PARAMS_FILE:  # given first already, as DVC's stages and the README give it
+        return files
+    params = PARAMS_FILE if Path(PARAMS_FILE).is_file() else str(REPO_ROOT / PARAMS_FILE)  # the Snakefile's
+    return [params, *files]
 
 
 # --------------------------------------------------------------------------------------- commands

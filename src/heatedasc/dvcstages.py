@@ -20,7 +20,8 @@ from heatedasc.codedeps import PACKAGE_DIR, module_files, package_modules, scrip
 
 REPO_ROOT = PACKAGE_DIR.parents[1]
 EFFECTIVE_CONFIG = "results/config.yaml"
-SNAKEMAKE = "snakemake {target} --cores all --logger heatedasc --configfile ${{pipeline.configfiles}}"
+# `exec`: Snakemake is DVC's own child, so it ends when `dvc` is killed (heatedasc.sessions.end_with_dvc)
+SNAKEMAKE = "exec snakemake {target} --cores all --logger heatedasc --configfile ${{pipeline.configfiles}}"
 WORKFLOW_FILES = ("Snakefile", "workflow/rules/common.smk", "workflow/schemas/config.schema.yaml")
 ALL_PARAMS = "*"
 
@@ -146,8 +147,8 @@ def render() -> str:
             line += " " + w
         lines += comment + [line, f"  {stage.name}:"]
         cmd = stage.cmd or SNAKEMAKE.format(target=stage.target)
-        if stage.name == "synthesize":
-            cmd += " && mkdir -p data/synthetic"
+        if stage.name == "synthesize":  # the output exists even when nothing is generated (a real dataset)
+            cmd = "mkdir -p data/synthetic && " + cmd
         lines.append(f"    cmd: {cmd}")
         deps = list(stage.data_deps) + (code_deps(stage) if stage.target else [])
         lines.append("    deps:")

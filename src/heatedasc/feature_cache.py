@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from heatedasc.fileio import atomic_path, sha256_file
+from heatedasc.fileio import DiskFullError, atomic_path, check_space, is_disk_full, resumable_dir, sha256_file
 
 INDEX_COLUMNS = ("row", "filename", "scene_label", "label", "device", "identifier", "group")
 SHARD_BATCHES = 8  # batches per resumable shard (a performance/resume knob; the result never depends on it)
@@ -62,34 +62,44 @@ def _valid_shard(path: Path, start: int, stop: int, shape: tuple[int, int]) -> b
 def _write_shard(folder: Path, start: int, feats16: np.ndarray) -> Path:
     """Write one shard atomically: temp name, checksum, rename to ``rows-<start>-<stop>.<sha16>.npy``."""
     tmp = folder / f".tmp-rows-{start:08d}-{os.getpid()}.npy"
+    check_space(tmp, feats16.nbytes + 128)
     try:
         np.save(tmp, feats16, allow_pickle=False)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         final = _shard_path(folder, start, start + len(feats16), sha256_file(tmp))
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(tmp, feats16.nbytes) from exc
         raise
     return final
+
+
+def parts_root(out_npy: str | os.PathLike) -> Path:
+    """Where the resumable shards of the cache `out_npy` are kept (see ShardedCacheWriter)."""
+    return resumable_dir(out_npy, "parts")
 
 
 class ShardedCacheWriter:
     """A split's float16 cache of ``n_rows`` clips of ``clip_shape``, written shard by shard, resumably.
 
-    Shards of ``shard_rows`` rows live in ``<out_npy>.parts/<key[:32]>/``, each written atomically
-    with its row range and checksum in its name. Opening the writer deletes the shards of any other
-    key (another configuration) and stale temp files, validates the shards already there and drops
-    corrupt, truncated or misnamed ones; ``missing`` is what is left to compute. ``assemble`` joins
-    the shards into ``out_npy`` through a memmap; the bytes do not depend on the shard size.
+    Shards of ``shard_rows`` rows live in the workflow's scratch folder (heatedasc.fileio; beside the cache only
+    outside a workflow directory), never in the output folder DVC tracks, in ``parts-<cache path>/<key[:32]>/``,
+    each written atomically with its row range and checksum in its name. Opening the writer deletes the shards of
+    any other key (another configuration) and stale temp files, validates the shards already there and drops
+    corrupt, truncated or misnamed ones; ``missing`` is what is left to compute. ``assemble`` checks the free
+    space, then writes the shards one after the other into ``out_npy`` with plain writes (a memory map on a full
+    disk dies of SIGBUS with nothing said); the bytes do not depend on the shard size.
     """
 
     def __init__(self, out_npy: str | os.PathLike, key: str, n_rows: int, clip_shape: tuple[int, int],
                  shard_rows: int) -> None:
         self.out_npy = Path(out_npy)
         self.n_rows, self.clip_shape = int(n_rows), tuple(clip_shape)
-        self.parts_root = self.out_npy.with_name(self.out_npy.name + ".parts")
+        self.parts_root = parts_root(self.out_npy)
         self.parts = self.parts_root / key[:32]
         if self.parts_root.exists():  # shards of another configuration (or stale temp files) are never reused
             for other in self.parts_root.iterdir():
@@ -124,13 +134,15 @@ class ShardedCacheWriter:
         missing = self.missing
         if missing:
             raise ValueError(f"{self.out_npy}: shards for rows {missing} were never written")
-        with atomic_path(self.out_npy) as tmp:
-            cache = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                              shape=(self.n_rows, *self.clip_shape))
-            for start, stop in self.ranges:
-                cache[start:stop] = np.load(self.done[start, stop], mmap_mode="r", allow_pickle=False)
-                cache.flush()
-            del cache
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+                  "shape": (self.n_rows, *self.clip_shape)}
+        size = self.n_rows * int(np.prod(self.clip_shape)) * 2 + 128
+        with atomic_path(self.out_npy, size=size) as tmp:
+            with open(tmp, "wb") as fh:
+                np.lib.format.write_array_header_1_0(fh, header)
+                for start, stop in self.ranges:
+                    shard = np.load(self.done[start, stop], mmap_mode="r", allow_pickle=False)
+                    fh.write(np.ascontiguousarray(shard, dtype=np.float16).tobytes())
             digest = sha256_file(tmp)
         return digest
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Iterator
 
-from heatedasc.fileio import write_json
+from heatedasc.fileio import DiskFullError, is_disk_full, write_json
 from heatedasc.logutil import job_logging
 from heatedasc.provenance import (
     RECORD_OUTPUT,
@@ -74,10 +75,23 @@ def write_records(smk, cpu: dict | None = None) -> dict:
     return stable
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds: every temporary file is removed on the way out
+
+
 @contextlib.contextmanager
 def run_job(smk) -> Iterator[logging.Logger]:
-    """Log to the job's log file; on success write its records. Any error is logged, then re-raised."""
+    """Log to the job's log file; on success write its records. Any error is logged, then re-raised; a full disk
+    is one line naming the file and the bytes, and exit status 1."""
     log_file = smk.log[0] if len(smk.log) else None
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with job_logging(log_file, f"heatedasc.{smk.rule}") as log:
-        yield log
-        write_records(smk)
+        try:
+            yield log
+            write_records(smk)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            full = exc if isinstance(exc, DiskFullError) else DiskFullError(exc.filename or log_file or ".")
+            log.error("%s", full)
+            raise SystemExit(1) from None

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -20,7 +19,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from heatedasc.audio import read_audio, to_mono_fixed, wav_data_extent, write_wav
-from heatedasc.fileio import atomic_path, chmod_default, replace_dir, write_json
+from heatedasc.fileio import atomic_path, replace_dir, staging_dir, write_json
 from heatedasc.hashing import file_digest
 from heatedasc.tau import DEVICES, MANIFEST_COLUMNS, SPLITS, DatasetError, load_tau, summarize
 
@@ -116,9 +115,7 @@ def prepare_dataset(
     clipped_samples: dict[str, int] = {}
     hashes: list[str] = []
 
-    audio_out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{audio_out_dir.name}.staging-", dir=audio_out_dir.parent))
-    chmod_default(staging, directory=True)
+    staging = staging_dir(audio_out_dir)
     try:
         with contextlib.ExitStack() as outputs:
             for name in tqdm(df["filename"], desc="prepare audio", disable=not progress):

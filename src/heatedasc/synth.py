@@ -26,17 +26,16 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import soundfile as sf
 from scipy.signal import lfilter, resample_poly
 from tqdm import tqdm
 
-from heatedasc.fileio import chmod_default
+from heatedasc.audio import write_wav
+from heatedasc.fileio import replace_dir, staging_dir
 from heatedasc.ownership import OWNER_MARKER, check_synthetic_root
 from heatedasc.tau import DEVICES, SCENES
 
@@ -251,9 +250,7 @@ def generate_dataset(
         segments_per_location,
     )
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.staging-", dir=root.parent))
-    chmod_default(staging, directory=True)
+    staging = staging_dir(root)
     try:
         (staging / "audio").mkdir()
         (staging / "evaluation_setup").mkdir()
@@ -288,8 +285,7 @@ def generate_dataset(
                 if peak > 0.95:  # keep 24-bit PCM from clipping
                     wave = wave * (0.95 / peak)
                 name = f"{item['scene']}-{item['city']}-{item['location']}-{item['segment']}-{device}.wav"
-                data = wave.T if wave.ndim == 2 else wave
-                sf.write(str(staging / "audio" / name), data.astype(np.float64), sr, subtype="PCM_24", format="WAV")
+                write_wav(staging / "audio" / name, wave.astype(np.float64), sr, subtype="PCM_24")
                 filename = f"audio/{name}"
                 meta_rows.append((filename, item["scene"], f"{item['city']}-{item['location']}", device))
                 folds[item["split"]].append((filename, item["scene"]))
@@ -310,14 +306,7 @@ def generate_dataset(
             "seed": int(seed), "clip_seconds": float(clip_seconds), "sample_rate": int(sample_rate),
         }, indent=2) + "\n")
         check_synthetic_root(root)  # again, right before replacing: the folder may have changed meanwhile
-        if root.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.rmdir(old)
-            os.replace(root, old)
-            os.replace(staging, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, root)
+        replace_dir(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -21,7 +21,7 @@ import torch
 
 from heatedasc.codedeps import module_closure_digest
 from heatedasc.feature_cache import FeatureCache, load_feature_cache
-from heatedasc.fileio import atomic_path, save_torch, write_json, write_text
+from heatedasc.fileio import atomic_path, resumable_dir, save_torch, write_json, write_text
 from heatedasc.hashing import digest
 from heatedasc.losses import heated_softmax, make_loss
 from heatedasc.metrics import device_accuracies, expected_calibration_error
@@ -53,7 +53,7 @@ HISTORY_COLUMNS = (
 )
 # Seconds per epoch: beside history.csv, but not a result (.dvcignore'd): an identical rerun takes other times.
 EPOCH_SECONDS = "epoch_seconds.csv"
-RESUME_DIR = ".resume"
+RESUME_DIR = "resume"  # heatedasc.fileio.resumable_dir(out_dir, RESUME_DIR) holds the last epoch's checkpoint
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -607,7 +607,8 @@ def _train_and_write(spec: RunSpec, *, progress: bool, stop_after_epoch: int | N
     wd, alpha = float(cfg["weight_decay_l2"]), float(cfg["mixup_alpha"])
 
     # ---- resume
-    resume_path = out_dir / RESUME_DIR / "last.pt"
+    resume_dir = resumable_dir(out_dir, RESUME_DIR)  # outside the run folder DVC tracks (heatedasc.fileio)
+    resume_path = resume_dir / "last.pt"
     start_epoch, history = 0, []
     best = {"epoch": 0, "value": -math.inf, "state": None}
     if resume_path.is_file():
@@ -650,8 +651,7 @@ def _train_and_write(spec: RunSpec, *, progress: bool, stop_after_epoch: int | N
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": _rng_snapshot(torch_gen, np_rng), "history": history,
                 "best": best}
-        with atomic_path(resume_path) as tmp:
-            torch.save(ckpt, tmp)
+        save_torch(ckpt, resume_path)  # through a buffer: a full disk is an OSError naming the file
         if stop_after_epoch is not None and epoch + 1 == stop_after_epoch and epoch + 1 < epochs:
             bar.close()
             return {"stopped_after_epoch": epoch + 1}
@@ -705,5 +705,5 @@ def _train_and_write(spec: RunSpec, *, progress: bool, stop_after_epoch: int | N
         np.savez(tmp, filenames=test.index["filename"].to_numpy(dtype=str), labels=test_labels,
                  devices=test_devices.astype(str), logits=test_logits.astype(np.float32), probs=probs)
     write_json(out_dir / "metrics.json", metrics)
-    shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)
+    shutil.rmtree(resume_dir, ignore_errors=True)
     return metrics
