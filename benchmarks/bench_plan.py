@@ -31,7 +31,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from heatedasc.tau import DEVICES, SCENES  # noqa: E402
+from heatedasc.tau import SCENES  # noqa: E402
 
 CLIP_BYTES = 441_000 * 3 + 44        # a 10 s 44.1 kHz mono 24-bit wav (raw and prepared)
 FEATURE_BYTES = 256 * 862 * 2        # one float16 log-mel clip

@@ -66,8 +66,8 @@ def test_synth_on_a_full_disk_says_so_in_one_line_naming_the_file(small_disk):
 
 def test_a_feature_cache_that_cannot_fit_stops_before_writing_with_plain_io(small_disk, monkeypatch):
     """No memory map over a full disk (that dies of SIGBUS with an empty log): the space is checked first."""
-    from heatedasc.fileio import DiskFullError
     from heatedasc.feature_cache import ShardedCacheWriter
+    from heatedasc.fileio import DiskFullError
 
     (small_disk / ".snakemake").mkdir()
     monkeypatch.chdir(small_disk)

@@ -16,15 +16,15 @@ SCENES = ("airport", "bus", "metro", "metro_station", "park", "public_square", "
           "street_pedestrian", "street_traffic", "tram")  # the output contract's order, spelt out
 
 from heatedasc.feature_cache import load_feature_cache  # noqa: E402
+from heatedasc.fileio import resumable_dir  # noqa: E402
 from heatedasc.losses import make_loss  # noqa: E402
 from heatedasc.metrics import ece_from_bins, expected_calibration_error, reliability_bins  # noqa: E402
 from heatedasc.model import ASCNet  # noqa: E402
 from heatedasc.tau import select_holdout  # noqa: E402
-from heatedasc.fileio import resumable_dir  # noqa: E402
 from heatedasc.train import (  # noqa: E402
     EXECUTION_KEYS,
-    RESUME_DIR,
     HISTORY_COLUMNS,
+    RESUME_DIR,
     BatchRunner,
     draw_epoch_mixup,
     draw_mixup,
