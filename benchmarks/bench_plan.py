@@ -21,6 +21,7 @@ import argparse
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -182,7 +183,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     subprocess.run(dvc + ["checkout", "-q"], **quiet)
     checkout_s = time.perf_counter() - t0
-    memo = work / ".snakemake" / "heatedasc" / "hashes.sqlite"
+    memo = work / ".snakemake" / "heatedasc" / f"hashes-{socket.gethostname()}.sqlite"
     memo.unlink()
     after_pull, out1 = snakemake(work, "-n", "--quiet", "rules")
     assert "Nothing to be done" in out1, out1[-2000:]

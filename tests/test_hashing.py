@@ -2,6 +2,7 @@
 neither the memo nor DVC's own state knows it as it is now."""
 
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -104,3 +105,31 @@ def test_a_file_dvc_just_wrote_is_taken_from_dvcs_state_until_anything_touches_i
     f.write_bytes(b"edited by hand")
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert hashing.file_digest(f) == hashlib.md5(b"edited by hand").hexdigest() and reads == ["a.bin"]
+
+
+MANY = """
+import json, sys
+from heatedasc.hashing import file_digest
+print(json.dumps({p: file_digest(p) for p in sys.argv[1:]}))
+"""
+
+
+def test_many_processes_hashing_the_same_files_at_once_share_the_memo_without_error_or_wrong_digest(tmp_path,
+                                                                                                     monkeypatch):
+    """What 144 training jobs starting at once do on a cluster, here 48 processes on one machine (each run in
+    a fresh interpreter, all against one memo file): every digest right, no error printed."""
+    files = []
+    for i in range(6):
+        f = tmp_path / f"cache{i}.npy"
+        f.write_bytes(os.urandom(1 << 20) + bytes([i]))
+        files.append(str(f))
+    truth = {f: hashlib.md5(Path(f).read_bytes()).hexdigest() for f in files}
+    env = {**venv_env(), hashing.MEMO_ENV: str(tmp_path / "memo.sqlite"), hashing.DVC_STATE_ENV: "off"}
+    procs = [subprocess.Popen([sys.executable, "-c", MANY, *files], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(48)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and err == "", err
+        assert json.loads(out) == truth
+    memo = hashing.Memo(tmp_path / "memo.sqlite")
+    assert all(memo.get(hashing._identity(os.stat(f), os.path.realpath(f))) == truth[f] for f in files)

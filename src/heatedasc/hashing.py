@@ -7,7 +7,7 @@ Digests are looked up, in order:
 1. in the memo, which maps a file's identity — path, size, modification time, status-change time (ctime), inode
    and device — to its digest. ctime is set by the kernel on every write and cannot be set back by hand, so an
    edit that keeps size, mtime and inode still misses it. `HEATEDASC_HASH_CACHE` names the memo file (default
-   `.snakemake/heatedasc/hashes.sqlite` in the working directory); `off` turns it off;
+   `.snakemake/heatedasc/hashes-<host>.sqlite` in the working directory); `off` turns it off;
 2. in DVC's own state of the repository the working directory lies in (inode, mtime and size -> MD5, saved as
    DVC writes or hashes a file), trusted only while the file's ctime equals its mtime, i.e. nothing touched it
    since it was written. `HEATEDASC_DVC_STATE=off` turns this off;
@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -34,7 +35,10 @@ log = logging.getLogger("heatedasc.hashing")
 MEMO_ENV = "HEATEDASC_HASH_CACHE"
 DVC_STATE_ENV = "HEATEDASC_DVC_STATE"
 WRITTEN_SLACK_NS = 2_000_000_000  # ctime within this of mtime: the file is as it was written
-MEMO_DEFAULT = Path(".snakemake") / "heatedasc" / "hashes.sqlite"
+# One memo file per host: on a cluster's shared file system (often NFS, where SQLite's own documentation calls its
+# file locking unreliable between machines) processes of different nodes never share one; those of one node do,
+# with SQLite's locking on that node. Correctness never rests on the memo: any error there means hashing.
+MEMO_DEFAULT = Path(".snakemake") / "heatedasc" / f"hashes-{socket.gethostname()}.sqlite"
 # Snakemake drops this file into directory outputs after a job: not content.
 SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"
 
