@@ -44,10 +44,18 @@ test: setup lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=10; \
 	rc=$$?; if [ -n "$$started" ]; then tools/local-slurm.sh stop; fi; exit $$rc
 
-# Results from a DVC remote. Nothing else to run afterwards: Snakemake decides reruns by content
-# (heatedasc.recipes), so the fresh file dates of restored files rerun nothing.
-pull: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc pull
+# Results from a DVC remote: DVC alone (its pinned versions from requirements.lock), not the whole environment
+# (torch is gigabytes). Nothing else to run afterwards: the workflow compares content, so the fresh file dates of
+# restored files rerun nothing (heatedasc.currency).
+pull: $(BIN)/dvc
+	$(BIN)/dvc pull
+
+$(BIN)/dvc:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
+	 { echo "make: $(PYTHON) is older than Python 3.11, which the pinned lock needs (set PYTHON=python3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock dvc
 
 clean-results:
 	rm -rf results/prepared results/coefficients results/features results/runs results/tables results/figures \

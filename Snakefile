@@ -19,6 +19,11 @@ min_version("9.15")
 configfile: os.path.join(workflow.basedir, "params.yaml")
 
 
+# One software environment for every rule: the pinned requirements.lock, as an Apptainer image built from
+# containers/heatedasc.def (README, "On a SLURM cluster"). Used with `--sdm apptainer`; ignored otherwise.
+container: "heatedasc.sif"
+
+
 validate_config(config)  # the project's one loader: schema + cross-key checks (heatedasc.config)
 for problem in hidden_edits([os.path.join(workflow.basedir, "params.yaml"), *workflow.overwrite_configfiles]):
     logger.warning(f"warning: {problem}")  # DVC's config stage refuses these; a plain run only warns

@@ -48,7 +48,8 @@ STAGES = (
         "it refuses an edit a later config file overrides.",
         cmd="heatedasc config --write " + EFFECTIVE_CONFIG + " --configfile ${pipeline.configfiles}",
         data_deps=("params.yaml", "config"),
-        extra={"outs": [{EFFECTIVE_CONFIG: {"cache": False}}]},
+        # persist: a refused run (a hidden edit) leaves the file as it was, instead of DVC having removed it first
+        extra={"outs": [{EFFECTIVE_CONFIG: {"cache": False, "persist": True}}]},
     ),
     Stage(
         "synthesize",
