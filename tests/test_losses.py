@@ -3,6 +3,7 @@
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -120,3 +121,24 @@ def test_make_loss_errors_name_the_key():
         focal_loss(torch.zeros(1, 3), torch.ones(1, 3) / 3, 1.0, 1.0, form="x")
     with pytest.raises(ValueError, match="temperature"):
         heated_softmax(torch.zeros(1, 3), 0.0)
+
+
+def test_make_loss_builds_the_named_loss_with_its_settings():
+    """What the training loop calls: each name gives that loss, with T, γ and the focal form passed through."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 10)
+    soft = torch.softmax(torch.randn(6, 10), dim=1)  # mixup-like targets: the two focal forms differ
+    assert make_loss("ce", temperature=3.0)(logits, soft) == cross_entropy(logits, soft, 3.0)
+    for form in ("eq2", "target_prob"):
+        got = make_loss("focal", temperature=3.0, gamma=2.0, focal_form=form)(logits, soft)
+        assert got == focal_loss(logits, soft, 3.0, 2.0, form), form
+    # the paper's γ = 1 (docs/reproduction.md §5) is the default
+    assert make_loss("focal", temperature=3.0)(logits, soft) == focal_loss(logits, soft, 3.0, 1.0, "eq2")
+
+
+def test_heated_log_softmax_normalises_over_the_class_axis_whatever_the_rank():
+    """log p = log softmax(z / T) over the last axis (the classes), also for a [batch, time, classes] tensor."""
+    logits = torch.arange(24, dtype=torch.float64).reshape(2, 3, 4) / 7.0
+    z = logits.numpy() / 2.0
+    expected = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    np.testing.assert_allclose(heated_log_softmax(logits, 2.0).numpy(), expected, rtol=0, atol=1e-12)
