@@ -1,4 +1,6 @@
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,3 +35,22 @@ def pytest_collection_modifyitems(config, items):
         return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
 
     items.sort(key=rank)  # stable: the order inside a file, and among the other files, stays as collected
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Path:
+    """A finished tiny project (tests/test_workflow.py's TINY with two corrections, T = 1, focal, one seed): its
+    working directory, with the override it ran with as tiny.yaml. Tests copy it before changing anything."""
+    import yaml
+    from test_workflow import TINY
+
+    work = tmp_path_factory.mktemp("tiny") / "work"
+    work.mkdir()
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"]["root"] = "data/synthetic"  # inside the working directory: relative, so copies are portable
+    cfg["sweep"] = {"correction": ["ref_abc", "none"], "temperature": [1], "loss": ["focal"], "seed": [0]}
+    (work / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(REPO / "Snakefile"),
+                    "--directory", str(work), "--configfile", str(REPO / "params.yaml"), str(work / "tiny.yaml")],
+                   check=True, capture_output=True, env={**venv_env(), "PYTHONPATH": str(REPO / "src")}, timeout=900)
+    return work

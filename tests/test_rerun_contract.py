@@ -79,23 +79,12 @@ def scramble_dates(root: Path, seed: int, hours_ago: float = 0.0) -> None:
         os.utime(p, (t, t), follow_symlinks=False)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    work = tmp_path_factory.mktemp("contract") / "work"
-    work.mkdir()
-    cfg = json.loads(json.dumps(TINY))
-    cfg["data"]["root"] = "data/synthetic"  # inside the working directory: relative, so copies are portable
-    cfg["sweep"] = SWEEP
-    (work / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-    snakemake(work, "--cores", "2")
-    return work
-
-
 @pytest.fixture
-def project(finished, tmp_path):
-    """A copy of the finished project at another path (dates copied too)."""
+def project(tiny_project, tmp_path):
+    """A copy of the finished tiny project (conftest.py; its sweep is SWEEP) at another path (dates copied too)."""
+    assert yaml.safe_load((tiny_project / "tiny.yaml").read_text())["sweep"] == SWEEP
     work = tmp_path / "copy"
-    shutil.copytree(finished, work, symlinks=True)
+    shutil.copytree(tiny_project, work, symlinks=True)
     return work
 
 

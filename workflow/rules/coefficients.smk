@@ -53,7 +53,7 @@ rule coefficient_plot:
     input:
         coefficients=expand(path("coefficients"), correction=SWEEP["correction"]),
     output:
-        out=path("coefficient_plot"),
+        out=shown("coefficient_plot"),
         provenance=path("coefficient_plot_prov"),
     params:
         sample_rate=config["data"]["sample_rate"],

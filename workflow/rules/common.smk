@@ -121,6 +121,24 @@ def fig2_embeddings(wildcards=None):
     return files
 
 
+CAPTIONS = os.path.join(".snakemake", "heatedasc", "captions")
+
+
+def shown(key):
+    """An output path, flagged for `snakemake --report` with its title and caption from the report registry when the
+    report shows it (caption files are written from the registry, where each is declared once)."""
+    if key not in REPORT.shown():
+        return path(key)
+    title, caption, category = REPORT.shown()[key]
+    caption_file = os.path.abspath(os.path.join(CAPTIONS, f"{key}.rst"))
+    text = f"**{title}.** {caption}\n"
+    if not os.path.isfile(caption_file) or open(caption_file).read() != text:
+        os.makedirs(CAPTIONS, exist_ok=True)
+        with open(caption_file, "w") as fh:
+            fh.write(text)
+    return report(path(key), caption=caption_file, category=category, labels={"name": title})
+
+
 def run_was_partial(workflow):
     """Did the user ask for part of the DAG only (so some results are meant to stay out of date)?"""
     dag = workflow.dag_settings

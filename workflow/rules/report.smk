@@ -11,7 +11,7 @@ for _artefact in REPORT:
         input:
             **REPORT.rule_inputs(_artefact, run_files=all_run_files, fig2_embeddings=fig2_embeddings(), path=path),
         output:
-            **{key: directory(path(key)) if key in _artefact.folders else path(key) for key in _artefact.outputs},
+            **{key: directory(path(key)) if key in _artefact.folders else shown(key) for key in _artefact.outputs},
             provenance=path(f"{_artefact.name}_prov"),
         params:
             artefact=_artefact.name,

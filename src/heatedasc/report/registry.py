@@ -76,6 +76,7 @@ class Artefact:
     tables: tuple[Table, ...] = ()
     figures: tuple[Figure, ...] = ()
     folders: frozenset[str] = frozenset()  # output keys that are folders (written whole, replaced at once)
+    category: str = "Beyond the paper"  # where `snakemake --report` files its tables and figures
 
     def params(self, config: Mapping) -> dict:
         """The part of `config` this artefact reads."""
@@ -144,6 +145,16 @@ class Registry:
         rel.update({f.key: f.path for f in self.upstream_figures})
         return {k: os.path.join(str(root), p) for k, p in rel.items()}
 
+    def shown(self) -> dict[str, tuple[str, str, str]]:
+        """Output key -> (title, caption, category) of every table (its CSV) and figure a report shows: what
+        `snakemake --report` includes (each artefact's `category`, or "Spectrum correction" for other stages')."""
+        items: dict[str, tuple[str, str, str]] = {}
+        for a in self:
+            items.update({t.csv: (t.title, t.caption, a.category) for t in a.tables})
+            items.update({f.key: (f.title, f.caption, a.category) for f in a.figures})
+        items.update({f.key: (f.title, f.caption, "Spectrum correction") for f in self.upstream_figures})
+        return items
+
     def target_keys(self) -> list[str]:
         """What `rule all` asks for: every output and the figures of other stages the page shows."""
         return list(self.outputs()) + [f.key for f in self.upstream_figures]
@@ -204,6 +215,7 @@ REGISTRY = Registry(
     [
         Artefact(
             name="tables",
+            category="The paper's artefacts",
             outputs={"table2": "tables/table2.csv", "table2_md": "tables/table2.md",
                      "table3": "tables/table3.csv", "table3_md": "tables/table3.md", "summary": "metrics.json",
                      "dvc_metrics": "metrics"},
@@ -220,6 +232,7 @@ REGISTRY = Registry(
         ),
         Artefact(
             name="fig3",
+            category="The paper's artefacts",
             outputs={"fig3": "figures/fig3.png", "fig3_pdf": "figures/fig3.pdf", "fig3_csv": "figures/fig3.csv"},
             provenance="figures/fig3.provenance.json",
             render=paper.render_fig3,
@@ -228,6 +241,7 @@ REGISTRY = Registry(
         ),
         Artefact(
             name="fig2",
+            category="The paper's artefacts",
             outputs={"fig2": "figures/fig2.png"},
             provenance="figures/fig2.provenance.json",
             render=paper.render_fig2,
