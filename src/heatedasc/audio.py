@@ -129,8 +129,11 @@ def read_wave(path: str | os.PathLike, expected_length: int | None = None) -> np
 def read_batch(paths: Sequence[Path], expected_length: int | None) -> tuple[np.ndarray, int]:
     """Read mono float32 waveforms of equal length; ValueError naming a file that differs."""
     waves = []
+    length = expected_length
     for p in paths:
-        x = read_wave(p, expected_length)
-        expected_length = len(x) if expected_length is None else expected_length
+        x = read_wave(p, length)
+        length = len(x) if length is None else length
         waves.append(x)
-    return np.stack(waves), expected_length
+    if length is None:
+        raise ValueError("read_batch: no paths given")
+    return np.stack(waves), length

@@ -86,8 +86,8 @@ def compute_mean_spectra(
     with torch.inference_mode(), tqdm(total=len(rows), desc="mean spectra", unit="clip", disable=not progress) as bar:
         for start in range(0, len(rows), batch_size):
             stop = min(start + batch_size, len(rows))
-            waves, length = read_batch([audio_path(audio_dir, f) for f in filenames[start:stop]], length)
-            waves = torch.from_numpy(waves)
+            batch, length = read_batch([audio_path(audio_dir, f) for f in filenames[start:stop]], length)
+            waves = torch.from_numpy(batch)
             for i in range(0, len(waves), CPU_CHUNK_CLIPS):  # small chunks stay in cache
                 magnitude = stft_magnitude(
                     waves[i : i + CPU_CHUNK_CLIPS], n_fft=n_fft, hop_length=hop_length, remove_dc=remove_dc
@@ -162,7 +162,7 @@ def estimate_coefficients(
         coefficients = {d: reference / device_spectrum[d] for d in devices}
     else:
         # Triplet table [G, D, F]: only groups that hold every device take part.
-        table = {}
+        table: dict[str, dict[str, int]] = {}
         for i, (g, d) in enumerate(zip(groups, file_devices)):
             table.setdefault(g, {})[d] = i
         complete = [g for g in sorted(table) if all(d in table[g] for d in devices)]
@@ -204,7 +204,7 @@ def save_coefficients(
         "n_fft": np.int64(2 * (matrix.shape[1] - 1) if n_fft is None else n_fft),
     }
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub takes `allow_pickle` for a keyword
 
 
 def load_coefficients(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:

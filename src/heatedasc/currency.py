@@ -453,7 +453,7 @@ def _report(decision: Decision) -> None:
 
 def read_plan(path: str | os.PathLike) -> dict[tuple, dict]:
     """The decisions a plan reported ((rule, sorted wildcards) -> decision; the last one of a job wins)."""
-    out = {}
+    out: dict[tuple, dict] = {}
     try:
         lines = Path(path).read_text().splitlines()
     except OSError:

@@ -98,7 +98,8 @@ class ShardedCacheWriter:
     def __init__(self, out_npy: str | os.PathLike, key: str, n_rows: int, clip_shape: tuple[int, int],
                  shard_rows: int) -> None:
         self.out_npy = Path(out_npy)
-        self.n_rows, self.clip_shape = int(n_rows), tuple(clip_shape)
+        self.n_rows = int(n_rows)
+        self.clip_shape: tuple[int, int] = (int(clip_shape[0]), int(clip_shape[1]))
         self.parts_root = parts_root(self.out_npy)
         self.parts = self.parts_root / key[:32]
         if self.parts_root.exists():  # shards of another configuration (or stale temp files) are never reused

@@ -38,7 +38,7 @@ class DiskFullError(OSError):
         self.target, self.needed, self.free = target, needed, free
 
     def __str__(self) -> str:
-        return self.strerror
+        return str(self.strerror)
 
 
 def free_bytes(path: str | os.PathLike) -> int:
@@ -130,7 +130,7 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None, size: int 
 def clean_scratch(root: str | os.PathLike = ".") -> list[str]:
     """Remove what writers that are no longer running left in the scratch folder; return the names removed."""
     folder = Path(root) / SCRATCH
-    removed = []
+    removed: list[str] = []
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():

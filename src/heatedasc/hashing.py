@@ -246,9 +246,9 @@ def digest_or_missing(path: str | os.PathLike) -> str:
 
 def digest_many(paths: Iterable[str | os.PathLike], workers: int = 2) -> dict[str, str]:
     """Digests of many files and folders, files hashed on `workers` threads (hashlib releases the GIL)."""
-    paths = [str(p) for p in paths]
+    names = [str(p) for p in paths]
     files: list[Path] = []
-    for p in paths:
+    for p in names:
         if os.path.isdir(p):
             files += tree_files(p)
         elif os.path.exists(p):
@@ -256,8 +256,8 @@ def digest_many(paths: Iterable[str | os.PathLike], workers: int = 2) -> dict[st
     unique = sorted(set(files))
     with ThreadPoolExecutor(max(1, workers)) as pool:
         file_digests = dict(zip(unique, pool.map(file_digest, unique)))
-    out = {}
-    for p in paths:
+    out: dict[str, str] = {}
+    for p in names:
         if os.path.isdir(p):
             out[p] = tree_digest(p, file_digests)
         elif os.path.exists(p):

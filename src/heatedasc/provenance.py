@@ -71,8 +71,8 @@ def hash_named(items: Mapping[str, Iterable[str]], data_root) -> dict[str, dict[
 # --------------------------------------------------------------------------------------- records
 
 
-def package_versions(names: Iterable[str] = PACKAGES) -> dict:
-    out = {}
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
     for name in names:
         try:
             out[name] = importlib.metadata.version(name)
@@ -125,7 +125,7 @@ def git_version(repo_dir: str | os.PathLike | None = None) -> dict:
 
 
 def host_info() -> dict:
-    info = {
+    info: dict[str, object] = {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "python": platform.python_version(),

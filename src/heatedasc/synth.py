@@ -187,12 +187,13 @@ def _plan(
     seg_counter: dict[tuple, int] = {}
     for item in plan:
         key = (item["city"], item["location"])
-        item["segment"] = seg_counter.get(key, 0)
-        seg_counter[key] = item["segment"] + 1
+        segment = seg_counter.get(key, 0)
+        item["segment"] = segment
+        seg_counter[key] = segment + 1
     return plan
 
 
-def _write_table(path: Path, header: Sequence[str], rows: list[Sequence[str]]) -> None:
+def _write_table(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     lines = ["\t".join(header)] + ["\t".join(str(v) for v in row) for row in rows]
     path.write_text("\n".join(lines) + "\n")
 
@@ -255,18 +256,19 @@ def generate_dataset(
         (staging / "audio").mkdir()
         (staging / "evaluation_setup").mkdir()
         locations: dict[tuple, dict] = {}
-        meta_rows, folds = [], {"train": [], "evaluate": []}
+        meta_rows: list[tuple[str, str, str, str]] = []
+        folds: dict[str, list[tuple[str, str]]] = {"train": [], "evaluate": []}
         counts = {split: {d: 0 for d in DEVICES} for split in folds}
         for item in tqdm(plan, desc="synth", disable=not progress):
-            key = (item["city"], item["location"])
-            if key not in locations:
-                locations[key] = {
+            loc = (item["city"], item["location"])
+            if loc not in locations:
+                locations[loc] = {
                     "jitter_db": 4.0 * _smooth_curve(rng, log2f, 4),
                     "gain_db": float(rng.uniform(-4.0, 4.0)),
                     "rate_factor": float(rng.uniform(0.8, 1.25)),
                     "detune": float(rng.uniform(0.97, 1.03)),
                 }
-            state = locations[key]
+            state = locations[loc]
             signal = _scene_signal(rng, templates[item["scene"]], state, n, sample_rate, log2f)
             gain = 10.0 ** ((state["gain_db"] + rng.uniform(-2.0, 2.0)) / 20) * 0.05
             signal *= gain

@@ -215,14 +215,14 @@ def select_holdout(identifiers: Sequence[str], fraction: float, seed: int) -> np
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"train.holdout_fraction must be in (0, 1), got {fraction}")
-    identifiers = np.asarray(identifiers, dtype=str)
-    unique = np.unique(identifiers)  # sorted, so the choice depends only on the seed and the set
+    ids = np.asarray(identifiers, dtype=str)
+    unique = np.unique(ids)  # sorted, so the choice depends only on the seed and the set
     if len(unique) < 2:
         raise ValueError("train.holdout_fraction: the training cache has fewer than 2 recording locations")
     n_hold = min(max(1, int(round(fraction * len(unique)))), len(unique) - 1)
     rng = np.random.default_rng([seed, 0x401D])
     held = rng.choice(unique, size=n_hold, replace=False)
-    return np.isin(identifiers, held)
+    return np.isin(ids, held)
 
 
 def without_holdout(manifest: pd.DataFrame, holdout: dict | None) -> pd.DataFrame:
