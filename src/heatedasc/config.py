@@ -78,8 +78,10 @@ def schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
-_JSON_TYPES: dict[str, type | tuple[type, ...]] = {"integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict,
-               "null": type(None), "string": str}
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict, "null": type(None),
+    "string": str,
+}
 
 
 def coerce_to_schema(config: dict) -> dict:
