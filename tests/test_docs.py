@@ -176,3 +176,75 @@ def test_table_values_equal_the_config():
                     wrong.append(f"{where}: `{keys[0]}` is {actual!r} in the config, the doc says {stated!r}")
     assert checked >= 40, f"only {checked} table values checked: is the table layout still right?"
     assert not wrong, "\n".join(wrong)
+
+
+# ------------------------------------------------------------------ the deviations table
+DEVIATIONS_HEADING = "## Deviations and options at a glance"
+# What the table must list, whatever else it lists: every known difference from the paper (or [2]).
+DEVIATIONS_REQUIRED = ("model selection on the test set", "precision", "bf16 autocast", "compiled training step",
+                       "cuDNN determinism", "plateau patience", "L2 form", "mixup partner", "mixup λ rounding",
+                       "last partial batch", "focal loss under mixup", "correction estimator", "feature storage")
+OVERRIDE_FILE = re.compile(r"config/[\w.-]+\.yaml")
+
+
+def deviations_table():
+    """(header, [(line number in docs/reproduction.md, cells)]) of the one table under DEVIATIONS_HEADING."""
+    text = DOC.read_text()
+    assert DEVIATIONS_HEADING in text, f"docs/reproduction.md has no '{DEVIATIONS_HEADING}'"
+    before, after = text.split(DEVIATIONS_HEADING, 1)
+    offset = before.count("\n")
+    tables = list(markdown_tables(after.split("\n## ", 1)[0]))
+    assert len(tables) == 1, "the deviations section holds one table"
+    header, rows = tables[0]
+    return header, [(offset + line_no, cells) for line_no, cells in rows]
+
+
+def test_the_deviations_table_lists_every_difference_with_its_key_and_effect():
+    header, rows = deviations_table()
+    assert header == ["difference", "this project (key)", "the paper / [2]", "measured effect", "where"]
+    names = [cells[0] for _, cells in rows]
+    missing = [name for name in DEVIATIONS_REQUIRED if not any(name in n for n in names)]
+    assert not missing, f"the deviations table lacks rows for {missing}"
+    for line_no, cells in rows:
+        where = f"docs/reproduction.md:{line_no} ({cells[0]})"
+        keys = [k for k in map(cited_key, BACKTICKED.findall(cells[1])) if k]
+        assert keys or "no key" in cells[1], f"{where}: cite the key that sets it, or say 'no key' and where the code is"
+        assert cells[3].strip(), f"{where}: state the measured effect, or 'not measured'"
+
+
+def test_every_key_the_deviations_table_cites_exists_with_the_value_it_states():
+    """Every dotted key a row cites exists in params.yaml; a `key: value` states params.yaml's value, or the value
+    that an override file named in the same row (config/*.yaml) sets for that key. Options are named without a
+    colon (`train.selection` set to `holdout`), so a stated value is always one that some shipped file holds."""
+    _, rows = deviations_table()
+    wrong, checked = [], 0
+    for line_no, cells in rows:
+        row = " | ".join(cells)
+        overrides = {}
+        for f in sorted(set(OVERRIDE_FILE.findall(row))):
+            if (REPO / f).is_file():
+                overrides[f] = yaml.safe_load((REPO / f).read_text())
+            else:
+                wrong.append(f"docs/reproduction.md:{line_no}: names {f}, which does not exist")
+        for span in BACKTICKED.findall(row):
+            key = cited_key(span)
+            if key is None:
+                continue
+            checked += 1
+            try:
+                values = [lookup(PARAMS, key)]
+            except KeyError:
+                wrong.append(f"docs/reproduction.md:{line_no}: `{key}` is not a key of params.yaml")
+                continue
+            for override in overrides.values():
+                try:
+                    values.append(lookup(override, key))
+                except KeyError:
+                    pass
+            if ":" in span:
+                stated = yaml.safe_load(span.split(":", 1)[1])
+                if stated not in values:
+                    wrong.append(f"docs/reproduction.md:{line_no}: `{span}`, but params.yaml"
+                                 + (f" / {', '.join(overrides)}" if overrides else "") + f" hold {values}")
+    assert checked >= 20, f"only {checked} keys found in the deviations table: is its layout still right?"
+    assert not wrong, "\n".join(wrong)
