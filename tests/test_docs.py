@@ -248,3 +248,113 @@ def test_every_key_the_deviations_table_cites_exists_with_the_value_it_states():
                                  + (f" / {', '.join(overrides)}" if overrides else "") + f" hold {values}")
     assert checked >= 20, f"only {checked} keys found in the deviations table: is its layout still right?"
     assert not wrong, "\n".join(wrong)
+
+
+# ------------------------------------------------------------------ docs and code agree
+# Four statements the docs once made that the code contradicted (issue 20). Each test pins the code's behaviour
+# and the sentence that now describes it, so neither can move alone.
+def flat(text: str) -> str:
+    """Text with every run of whitespace (line breaks of the Markdown source) as one space."""
+    return " ".join(text.split())
+
+
+def files_table_row(name: str) -> str:
+    """The content cell of `name` in §7's table of per-run files."""
+    section = DOC.read_text().split("## §7 ", 1)[1].split("\n## ", 1)[0]
+    for header, rows in markdown_tables(section):
+        if header[:2] == ["file", "content"]:
+            return next(cells[1] for _, cells in rows if cells[0] == f"`{name}`")
+    raise AssertionError("§7 has no table of the per-run files")
+
+
+def test_a_gpu_without_native_bf16_stops_the_run_it_never_falls_back_to_fp16(monkeypatch):
+    import pytest
+    import torch
+
+    from heatedasc.train import resolve_runtime
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Old GPU")
+    cfg = {"amp": True, "amp_dtype": "bf16", "compile": False, "compile_mode": "default", "channels_last": True}
+    with pytest.raises(ValueError, match=re.escape(
+            "train.amp_dtype is 'bf16' but Old GPU has no native bfloat16; set train.amp_dtype: fp16")):
+        resolve_runtime(cfg, torch.device("cuda"))
+    assert resolve_runtime({**cfg, "amp_dtype": "fp16"}, torch.device("cuda")).amp_dtype == torch.float16
+    doc = flat(DOC.read_text())
+    assert "else float16" not in doc
+    assert ("a GPU without native bfloat16 stops the run with an error that names `train.amp_dtype: fp16` (float16 "
+            "autocast with gradient scaling); nothing falls back silently") in doc
+
+
+def test_under_autocast_mixup_rounds_lambda_to_float16_whatever_the_autocast_dtype(monkeypatch):
+    import torch
+
+    import heatedasc.train as train
+    from heatedasc.losses import make_loss
+    from heatedasc.model import ASCNet
+
+    seen, real = [], train.mixup_batch
+
+    def spy(x, y, lam, partner):
+        seen.append((x.dtype, lam.dtype))
+        return real(x, y, lam, partner)
+
+    monkeypatch.setattr(train, "mixup_batch", spy)
+    torch.manual_seed(0)
+    model = ASCNet(n_classes=3)
+    x = torch.randn(4, 24, 32).half()  # cache rows are float16
+    y = torch.eye(3)[[0, 1, 2, 0]]
+    lam, partner = torch.tensor([0.3, 0.7, 0.123456789, 0.9]), torch.tensor([1, 0, 3, 2])
+    loss_fn = make_loss("ce", temperature=1.0)
+    for amp_dtype in (None, torch.bfloat16, torch.float16):  # autocast runs on CPU too, when asked directly
+        train.BatchRunner(model, torch.device("cpu"), amp_dtype, False).batch_loss(x, y, lam, partner, loss_fn, 0.0)
+    assert seen == [(torch.float32, torch.float32), (torch.float16, torch.float16), (torch.float16, torch.float16)]
+    doc = flat(DOC.read_text())
+    assert "with λ cast to float16 — whatever `train.amp_dtype` is, bf16 included — so λ is rounded to float16" in doc
+    rounding = next(cells for _, cells in deviations_table()[1] if cells[0] == "mixup λ rounding under autocast")
+    assert "not measured" in rounding[3]
+
+
+def test_history_csv_holds_no_timings_and_provenance_json_no_host(tmp_path, monkeypatch):
+    from heatedasc.fileio import SCRATCH, resumable_dir
+    from heatedasc.provenance import VOLATILE_DIR, stable_record, volatile_record
+    from heatedasc.train import EPOCH_SECONDS, HISTORY_COLUMNS, RESUME_DIR
+
+    history = files_table_row("history.csv")
+    named = BACKTICKED.findall(history)
+    assert [n for n in named if n != EPOCH_SECONDS] == list(HISTORY_COLUMNS) and EPOCH_SECONDS in named
+    assert "seconds" not in HISTORY_COLUMNS
+    record = stable_record(rule="train", wildcards={"seed": 0}, params={"train": {"epochs": 1}, "execution": {"x": 1}},
+                           script=None, inputs={}, outputs={}, cpu=None, data_root=None)
+    assert set(record) == {"record_version", "rule", "wildcards", "params", "code", "cpu", "inputs", "outputs",
+                           "packages"}
+    assert "execution" not in record["params"]
+    assert {"created", "git", "host", "slurm", "execution"} <= set(volatile_record())
+    provenance = flat(files_table_row("provenance.json"))
+    assert VOLATILE_DIR.as_posix() == "logs/provenance"
+    assert "— time, host, GPU, SLURM job, git commit, the speed-only settings — is not in it but in " \
+           "`logs/provenance/<the record's path>`" in provenance
+    # checkpoints: in the workflow's scratch folder, never inside the tracked run folder
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".snakemake").mkdir()
+    run = tmp_path / "results" / "runs" / "none" / "T1" / "ce" / "seed0"
+    checkpoints = resumable_dir(run, RESUME_DIR)
+    assert checkpoints.parent == SCRATCH.resolve() and not checkpoints.is_relative_to(run)
+    doc = flat(DOC.read_text())
+    assert ".resume/last.pt" not in doc and f"the workflow's scratch folder `{SCRATCH.as_posix()}/`" in doc
+
+
+def test_fig3_plots_avg_bc_and_dev_a_and_the_docs_mark_that_choice_open():
+    import pandas as pd
+
+    from heatedasc.report.paper import fig3_data
+
+    runs = pd.DataFrame([{"correction": "ref_abc", "temperature": 1.0, "loss": "focal", "seed": s, "acc_a": 0.7,
+                          "acc_b": 0.6, "acc_c": 0.6, "avg_bc": 0.6} for s in (0, 1)])
+    assert sorted(set(fig3_data(runs, loss="focal")["metric"])) == ["Avg.BC", "Dev.A"]
+    section = DOC.read_text().split("## §8 ", 1)[1].split("\n## ", 1)[0]
+    fig3 = next(cells for header, rows in markdown_tables(section) if header[0] == "artefact"
+                for _, cells in rows if cells[0] == "Fig. 3")
+    assert "(**open**); decided here: Avg.BC and Dev.A" in fig3[3]
+    deviation = next(cells for _, cells in deviations_table()[1] if cells[0] == "Fig. 3's accuracy")
+    assert "**open**" in deviation[2]
