@@ -358,3 +358,37 @@ def test_fig3_plots_avg_bc_and_dev_a_and_the_docs_mark_that_choice_open():
     assert "(**open**); decided here: Avg.BC and Dev.A" in fig3[3]
     deviation = next(cells for _, cells in deviations_table()[1] if cells[0] == "Fig. 3's accuracy")
     assert "**open**" in deviation[2]
+
+
+# ------------------------------------------------------------------ README: only what was measured
+def test_the_readme_demo_numbers_are_the_committed_reference_and_claim_no_direction():
+    """README's demo paragraph quotes results/metrics.json (the committed reference) with its n, and calls the
+    differences unresolvable exactly when the significance rule does. A regenerated reference whose numbers
+    moved fails here with the sentence to write."""
+    import json
+
+    from heatedasc.report.diagnostics import MIN_PAIRS
+
+    summary = json.loads((REPO / "results" / "metrics.json").read_text())
+    corrections = ("ref_abc", "ref_bc", "none")
+    avg = {loss: [f"{summary[c][loss]['avg_bc_T1'] * 100:.1f}" for c in corrections] for loss in ("focal", "ce")}
+    n = {summary[c][loss]["n_seeds_T1"] for c in corrections for loss in ("focal", "ce")}
+    assert len(n) == 1, f"the reference's cells have different numbers of seeds {n}: say so in README.md"
+    n = n.pop()
+    readme = flat((REPO / "README.md").read_text())
+    expected = (f"In the committed reference (`results/metrics.json`, each value a mean over n = {n} seeds), Avg.BC at "
+                f"T = 1 with the focal loss is {avg['focal'][0]} for Ref.ABC, {avg['focal'][1]} for Ref.BC and "
+                f"{avg['focal'][2]} for NoCorrection (cross-entropy: {avg['ce'][0]}, {avg['ce'][1]} and "
+                f"{avg['ce'][2]})")
+    assert expected in readme, expected
+    best_at_1 = all(summary[c][loss]["best_T"] == 1.0 for c in corrections for loss in ("focal", "ce"))
+    assert best_at_1 == ("for every correction and loss the demo's best Avg.BC is at T = 1" in readme)
+    assert (n < MIN_PAIRS) == ('reads "not resolvable (n < 3 pairs)" for the demo' in readme)
+    for claim in ("Expect spectrum correction to raise", "the paper's gain from T comes after"):
+        assert claim not in readme, claim  # directions and causes drawn from two seeds
+
+
+def test_the_readme_says_plainly_that_no_paper_number_is_reproduced_yet():
+    readme = flat((REPO / "README.md").read_text())
+    assert "**Status at paper scale: no number of the paper's Table 2 or Table 3 has been reproduced yet.**" in readme
+    assert "This code has not run on the real TAU data, and no paper-size run of it has run on a GPU" in readme
