@@ -5,7 +5,7 @@ mixup on the host batch. Both use the same model, loss (focal, T=10), L2 penalty
 in this process on the same device. Prints samples/s, extrapolated s/epoch (10,265 clips) and the ratio.
 
     python benchmarks/bench_train.py --batches 3            # CPU: a few batches only
-    python benchmarks/bench_train.py --batches 50 --device cuda                  # compiled, bf16 (params.yaml)
+    python benchmarks/bench_train.py --batches 50 --device cuda                  # compiled, bf16 (config/gpu-fast.yaml)
     python benchmarks/bench_train.py --batches 50 --device cuda --no-compile --amp-dtype fp16
 
 --compile works on CPU too (inductor's C++ backend), though training only compiles on CUDA.

@@ -1,7 +1,9 @@
 """GPU check: what one paper run costs on this machine, and whether the fast settings keep the numbers.
 
 One script a user with a GPU runs (needs only torch, numpy, pandas, pyyaml, tqdm and heatedasc). With
-params.yaml's model/loss/train sections it measures, on synthetic caches of the paper's shapes
+params.yaml's model/loss/train sections, config/gpu-fast.yaml merged on top (bf16 autocast and a compiled
+step: the deviation from the paper's fp32 under test; --configfile changes it), it measures, on synthetic
+caches of the paper's shapes
 (fold1_train 10,265 and fold1_evaluate 5,265 clips of 256 x 862):
 
   throughput    train_epoch samples/s: the configured step (compiled, autocast) and variants (eager
@@ -42,7 +44,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from heatedasc.losses import make_loss
 from heatedasc.model import ASCNet, block_output_shapes
@@ -58,6 +59,9 @@ from heatedasc.train import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# The settings under test by default: params.yaml (the paper: fp32, eager) with the GPU speed override on top (bf16
+# autocast + a compiled step, the deviation whose agreement with fp32 the precision section checks).
+FAST_OVERRIDE = REPO / "config" / "gpu-fast.yaml"
 SECTIONS = ("throughput", "run", "precision", "determinism", "features", "concurrency")
 SCENE_COUNT = 10
 PAPER_TRAIN, PAPER_EVAL, PAPER_EPOCHS = 10_265, 5_265, 150
@@ -145,8 +149,11 @@ def write_synthetic_cache(folder: Path, split: str, n: int, shape: tuple[int, in
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def load_params(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
+def load_params(path: Path, configfiles=()) -> dict:
+    """params.yaml with the override files merged on top (Snakemake's --configfile semantics)."""
+    from heatedasc.config import merge_config_files
+
+    return merge_config_files([path, *configfiles])
 
 
 def train_config(params: dict, args, sz: dict, **overrides) -> dict:
@@ -319,7 +326,7 @@ def compile_cold_warm(ctx: dict) -> dict:
     for label in ("cold", "warm"):
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache))
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "first-step", "--device", args.device,
-               "--params", str(args.params)] + (["--quick"] if args.quick else [])
+               "--params", str(args.params), "--configfile", *map(str, args.configfile)] + (["--quick"] if args.quick else [])
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
@@ -336,7 +343,7 @@ def compile_cold_warm(ctx: dict) -> dict:
 def worker_first_step(args) -> None:
     """In a fresh process: time the first compiled training batch (dynamo + inductor + autotune)."""
     sz = sizes(args.quick)
-    params = load_params(args.params)
+    params = load_params(args.params, args.configfile)
     device = resolve_device(args.device, "--device")
     cfg = train_config(params, args, sz)
     runtime = resolve_runtime(cfg, device)
@@ -436,7 +443,8 @@ def section_determinism(ctx: dict) -> dict:
     # killed after epoch 1, resumed by a fresh process (as a requeued job would be)
     assert run(caches, root / "det_resumed", params=params, train_cfg=det, stop_after_epoch=1) == {"stopped_after_epoch": 1}
     spec = {"caches": [[str(p) for p in c] for c in caches], "out_dir": str(root / "det_resumed"), "train_cfg": det,
-            "params": str(args.params), "threads": torch.get_num_threads()}  # CPU sums depend on the thread count
+            "params": str(args.params), "configfiles": [str(f) for f in args.configfile],
+            "threads": torch.get_num_threads()}  # CPU sums depend on the thread count
     (root / "resume.json").write_text(json.dumps(spec))
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "resume", "--device", args.device,
                            "--spec", str(root / "resume.json")], capture_output=True, text=True, timeout=900)
@@ -461,7 +469,7 @@ def section_determinism(ctx: dict) -> dict:
 def worker_resume(args) -> None:
     spec = json.loads(Path(args.spec).read_text())
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    params = load_params(Path(spec["params"]))
+    params = load_params(Path(spec["params"]), spec["configfiles"])
     torch.set_num_threads(spec["threads"])
     caches = tuple(tuple(Path(p) for p in c) for c in spec["caches"])
     run(caches, Path(spec["out_dir"]), params=params, train_cfg=spec["train_cfg"])
@@ -568,7 +576,7 @@ def concurrency_worker(rank: int, args_ns: dict, barrier, queue) -> None:
     try:
         args = argparse.Namespace(**args_ns)
         sz = sizes(args.quick)
-        params = load_params(Path(args.params))
+        params = load_params(Path(args.params), args.configfile)
         device = resolve_device(args.device, "--device")
         torch.set_num_threads(1)
         cfg = train_config(params, args, sz)
@@ -609,8 +617,8 @@ def section_concurrency(ctx: dict) -> dict:
     rows = []
     for n in args.concurrent:
         barrier, queue = spawn.Barrier(n), spawn.Queue()
-        procs = [spawn.Process(target=concurrency_worker, args=(r, vars(args) | {"params": str(args.params)}, barrier, queue))
-                 for r in range(n)]
+        worker_args = vars(args) | {"params": str(args.params), "configfile": [str(f) for f in args.configfile]}
+        procs = [spawn.Process(target=concurrency_worker, args=(r, worker_args, barrier, queue)) for r in range(n)]
         for p in procs:
             p.start()
         results = [queue.get(timeout=1200) for _ in range(n)]
@@ -716,6 +724,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     ap.add_argument("--concurrent", default="2", help="comma list of process counts for the concurrency section")
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    ap.add_argument("--configfile", type=Path, nargs="*", default=[FAST_OVERRIDE],
+                    help="overrides merged on top of --params (default: config/gpu-fast.yaml, the settings whose "
+                         "agreement with fp32 the precision section checks; give the flag alone for params.yaml as is)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 with --quick, else all, <= 16)")
     ap.add_argument("--signal", type=float, default=None, help="synthetic class-texture amplitude (accuracy difficulty)")
     ap.add_argument("--worker", choices=("first-step", "resume"), help=argparse.SUPPRESS)
@@ -749,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     sz = sizes(args.quick)
     if args.signal is not None:
         sz["signal"] = args.signal
-    params = load_params(args.params)
+    params = load_params(args.params, args.configfile)
     device = resolve_device(args.device, "--device")
     # quick: one thread, so a shared CPU box gives stable numbers (OpenMP barriers stall under contention)
     torch.set_num_threads(args.threads or (1 if args.quick else max(1, min(16, len(os.sched_getaffinity(0))))))

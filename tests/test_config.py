@@ -59,6 +59,23 @@ def test_schema_requires_every_key_the_code_reads(section, key):
         jsonschema.validate(cfg, SCHEMA)
 
 
+def test_params_yaml_trains_in_fp32_and_the_gpu_speed_settings_are_one_override():
+    """docs/reproduction.md §6: the paper trained in float32, so params.yaml does (no autocast, eager step); bf16
+    autocast and the compiled step are config/gpu-fast.yaml, and no other config file turns either on."""
+    from heatedasc.config import load_config
+
+    assert PARAMS["train"]["amp"] is False and PARAMS["execution"]["train"]["compile"] is False
+    fast_file = REPO / "config" / "gpu-fast.yaml"
+    fast = yaml.safe_load(fast_file.read_text())
+    assert fast == {"train": {"amp": True, "amp_dtype": "bf16"}, "execution": {"train": {"compile": True}}}
+    merged = load_config([REPO / "params.yaml", fast_file])  # passes the schema and the cross-checks
+    assert merged["train"]["amp"] is True and merged["execution"]["train"]["compile"] is True
+    for other in sorted(set((REPO / "config").glob("*.yaml")) - {fast_file}):
+        cfg = yaml.safe_load(other.read_text())
+        assert "amp" not in cfg.get("train", {}), other
+        assert "compile" not in cfg.get("execution", {}).get("train", {}), other
+
+
 def test_schema_rejects_a_misspelt_key():
     cfg = copy.deepcopy(PARAMS)
     cfg["features"]["n_mel"] = 128

@@ -88,6 +88,19 @@ print("ok", sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
     assert proc.stdout.strip().endswith("ok []")
 
 
+def test_by_default_the_check_is_of_the_gpu_speed_override():
+    """The precision section compares fp32 with the configured step: by default params.yaml with
+    config/gpu-fast.yaml on top (the deviation under test), with no override params.yaml's fp32 as it is."""
+    gc = load_gpu_check()
+    assert gc.FAST_OVERRIDE == REPO / "config" / "gpu-fast.yaml"
+    fast = gc.load_params(REPO / "params.yaml", [gc.FAST_OVERRIDE])
+    assert fast["train"]["amp"] is True and fast["execution"]["train"]["compile"] is True
+    paper = gc.load_params(REPO / "params.yaml")
+    assert paper["train"]["amp"] is False and paper["execution"]["train"]["compile"] is False
+    assert {k: v for k, v in fast.items() if k not in ("train", "execution")} == \
+        {k: v for k, v in paper.items() if k not in ("train", "execution")}
+
+
 def test_float16_cache_bound_accepts_rounding_and_rejects_a_real_difference():
     gc = load_gpu_check()
     rng = np.random.default_rng(0)

@@ -5,6 +5,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from conftest import REPO
 from heatedasc.report import REGISTRY, render_all
 from heatedasc.report import diagnostics as dx
 from heatedasc.report.html import code_digest, recipe_digest
-from heatedasc.report.runs import discover_runs
+from heatedasc.report.runs import discover_runs, load_runs
 
 SCENES = 10
 DEVICES = ("a", "b", "c")
@@ -37,6 +38,33 @@ def confusion_for(seed: int, device: str) -> list:
     return mat.tolist()
 
 
+CLIPS_PER_DEVICE = 100  # every accuracy with two decimals is a whole number of clips
+LOCATIONS = 20  # recording locations of the fake test set, 5 segments each, every segment on devices a, b and c
+
+
+def fake_test_clips(rng, accuracy: dict):
+    """A fake test set in TAU's naming (`<scene>-<city>-<location>-<segment>-<device>.wav`) and logits whose
+    argmax hits the label on exactly accuracy[d] of device d's clips (which clips: drawn from `rng`), so that
+    predictions.npz gives the accuracies of metrics.json, as a real run's do."""
+    scenes = ("airport", "bus", "metro", "park", "tram")
+    names, devices, labels, logits = [], [], [], []
+    for d in DEVICES:
+        hits = round(accuracy[d] * CLIPS_PER_DEVICE)
+        assert hits / CLIPS_PER_DEVICE == accuracy[d], f"accuracy {accuracy[d]} is not a whole number of clips"
+        correct = np.zeros(CLIPS_PER_DEVICE, bool)
+        correct[rng.permutation(CLIPS_PER_DEVICE)[:hits]] = True
+        for j in range(CLIPS_PER_DEVICE):
+            location, segment = divmod(j, CLIPS_PER_DEVICE // LOCATIONS)
+            names.append(f"audio/{scenes[location % len(scenes)]}-city-{location}-{segment}-{d}.wav")
+            devices.append(d)
+            label = int(rng.integers(0, SCENES))
+            z = rng.normal(size=SCENES)
+            z[label] = z.max() + 1.0 if correct[j] else z.min() - 1.0
+            labels.append(label)
+            logits.append(z)
+    return np.array(names), np.array(devices), np.array(labels), np.array(logits, dtype=np.float32)
+
+
 def write_run(results: Path, correction, t, loss, seed, *, acc_a, acc_b, acc_c, ece=0.1, extras=True) -> Path:
     run = results / "runs" / correction / f"T{t}" / loss / f"seed{seed}"
     run.mkdir(parents=True)
@@ -49,14 +77,12 @@ def write_run(results: Path, correction, t, loss, seed, *, acc_a, acc_b, acc_c, 
     (run / "metrics.json").write_text(json.dumps(metrics))
     if extras:
         rng = np.random.default_rng(seed)
-        n = 60
-        logits = rng.normal(size=(n, SCENES)).astype(np.float32)
+        filenames, devices, labels, logits = fake_test_clips(rng, {"a": acc_a, "b": acc_b, "c": acc_c})
         z = logits / float(t)
         probs = np.exp(z - z.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
-        labels = rng.integers(0, SCENES, n)
         np.savez(run / "predictions.npz", logits=logits, probs=probs.astype(np.float32), labels=labels,
-                 devices=np.array(list(DEVICES) * (n // 3)), filenames=np.array([f"f{i}" for i in range(n)]))
+                 devices=devices, filenames=filenames)
         emb = rng.normal(size=(40, 64)).astype(np.float32)
         np.savez(run / "embeddings.npz", train_embeddings=emb, train_labels=rng.integers(0, SCENES, 40),
                  test_embeddings=emb[:20], test_labels=rng.integers(0, SCENES, 20))
@@ -255,11 +281,11 @@ def test_paired_significance_equals_a_hand_computation():
     assert res["sd_diff"] == pytest.approx(sd)
     assert res["t_crit"] == pytest.approx(4.302652729911275)
     assert (res["ci_low"], res["ci_high"]) == pytest.approx((mean - half, mean + half))
-    assert res["verdict"] == "A > B: the 95% interval excludes 0"
+    assert res["verdict"] == "A > B: the 95% interval (seeds) excludes 0"
     below = dx.paired_difference(b.iloc[:3], a, confidence=0.95)
-    assert below["verdict"] == "A < B: the 95% interval excludes 0"
+    assert below["verdict"] == "A < B: the 95% interval (seeds) excludes 0"
     spread = dx.paired_difference(pd.Series([70.0, 60.0, 66.0]), pd.Series([65.0, 64.0, 64.0]))
-    assert spread["verdict"] == "not significant: the 95% interval includes 0"
+    assert spread["verdict"] == "not significant: the 95% interval (seeds) includes 0"
 
 
 def test_fewer_than_three_pairs_get_no_interval_and_no_verdict():
@@ -313,13 +339,137 @@ def test_significance_table_pairs_the_configured_comparisons(partial):
     # 3 seeds: Avg.BC at T=10 73, 74, 74.5 vs T=1 65, 68, 68 -> diffs 8, 6, 6.5
     hot = sig.loc["heated-up softmax (Ref.ABC) T=10 vs T=1"]
     assert hot["n_pairs"] == 3 and hot["mean_diff"] == pytest.approx(6.8333333)
-    assert hot["verdict"] == "A > B: the 95% interval excludes 0" and hot["ci_low"] > 0
+    assert hot["verdict"] == "A > B: the 95% interval (seeds and test clips) excludes 0" and hot["total_low"] > 0
+    # the seed interval is the t-interval; the verdict's interval adds the test set's sampling error in variance
+    seed_half = 4.302652729911275 * hot["sd_diff"] / math.sqrt(3)
+    assert (hot["ci_low"], hot["ci_high"]) == pytest.approx((hot["mean_diff"] - seed_half, hot["mean_diff"] + seed_half))
+    assert hot["se_test"] > 0 and hot["n_locations"] == LOCATIONS and hot["n_resamples"] == dx.BOOTSTRAP_RESAMPLES
+    both = math.sqrt(seed_half ** 2 + (1.959963984540054 * hot["se_test"]) ** 2)
+    assert (hot["total_low"], hot["total_high"]) == pytest.approx((hot["mean_diff"] - both, hot["mean_diff"] + both))
+    assert (hot["test_low"], hot["test_high"]) == pytest.approx(
+        (hot["mean_diff"] - 1.959963984540054 * hot["se_test"], hot["mean_diff"] + 1.959963984540054 * hot["se_test"]))
+    # two seeds: a test-set interval, but no seed interval and so no verdict
+    assert abc_vs_none["se_test"] > 0 and math.isnan(abc_vs_none["total_low"])
     md = (results / "tables" / "significance.md").read_text()
     assert "not resolvable (n < 3 pairs)" in md and "+13.5" in md
     row = next(l for l in md.splitlines() if l.startswith("| spectrum correction (Ref.ABC) vs none"))
     cells = [c.strip() for c in row.strip().strip("|").split("|")]
-    assert cells[4:] == ["2 (0 1)", "66.5", "53.0", "+13.5", "–", "not resolvable (n < 3 pairs)",
-                         "Table 2: 67.6 vs 58.6"]
+    test_half = 1.959963984540054 * abc_vs_none["se_test"]
+    assert cells[4:] == ["2 (0 1)", "66.5", "53.0", "+13.5", "–", f"[{13.5 - test_half:+.1f}, {13.5 + test_half:+.1f}]",
+                         "–", "not resolvable (n < 3 pairs)", "–", "Table 2: 67.6 vs 58.6"]
+
+
+def test_location_bootstrap_matches_the_closed_form_variance():
+    """Every location holds one b and one c clip (parallel recordings), so each resample has K clips of each device
+    and the bootstrap variance of the Avg.BC difference is var_pop(per-location mean) / K, exactly in expectation."""
+    rng = np.random.default_rng(5)
+    k = 40
+    diff = rng.choice([-1.0, 0.0, 1.0], size=2 * k, p=[0.2, 0.5, 0.3])
+    devices = np.array(["b"] * k + ["c"] * k)
+    units = np.array([f"city-{i}" for i in range(k)] * 2)
+    reps = dx.location_bootstrap(diff, devices, units, {"b": 0.5, "c": 0.5}, resamples=20000, seed=1)
+    per_location = (diff[:k] + diff[k:]) / 2
+    assert reps.std(ddof=1) == pytest.approx(math.sqrt(per_location.var() / k), rel=0.03)
+    assert reps.mean() == pytest.approx(per_location.mean(), abs=4 * per_location.std() / math.sqrt(k * 20000))
+    # one clip per location: the ordinary clip bootstrap, var_pop / n
+    one = dx.location_bootstrap(diff[:k], devices[:k], units[:k], {"b": 1.0}, resamples=20000, seed=2)
+    assert one.std(ddof=1) == pytest.approx(diff[:k].std() / math.sqrt(k), rel=0.03)
+
+
+def test_location_bootstrap_resamples_locations_not_clips():
+    """Clips of one location move together: when every location's clips agree, the spread is that of K locations,
+    much wider than the clip bootstrap of the same numbers would claim."""
+    k, per = 10, 20
+    diff = np.repeat(np.tile([1.0, 0.0], k // 2), per)  # half the locations all right, half all wrong
+    devices, units = np.full(k * per, "a"), np.repeat([f"city-{i}" for i in range(k)], per)
+    by_location = dx.location_bootstrap(diff, devices, units, {"a": 1.0}, resamples=20000, seed=3)
+    assert by_location.std(ddof=1) == pytest.approx(math.sqrt(0.25 / k), rel=0.03)
+    by_clip = dx.location_bootstrap(diff, devices, np.arange(k * per).astype(str), {"a": 1.0}, resamples=20000, seed=3)
+    assert by_clip.std(ddof=1) == pytest.approx(math.sqrt(0.25 / (k * per)), rel=0.03)
+
+
+def test_location_bootstrap_is_paired_and_seeded():
+    rng = np.random.default_rng(0)
+    diff, devices = rng.choice([-1.0, 0.0, 1.0], 60), np.repeat(["a", "b", "c"], 20)
+    units = np.array([f"city-{i % 7}" for i in range(60)])
+    first = dx.location_bootstrap(diff, devices, units, dx.DEVICE_WEIGHTS["Avg.BC"])
+    assert len(first) == dx.BOOTSTRAP_RESAMPLES and np.array_equal(first, dx.location_bootstrap(
+        diff, devices, units, dx.DEVICE_WEIGHTS["Avg.BC"]))  # the fixed seed: the same replicates every time
+    assert not np.array_equal(first, dx.location_bootstrap(diff, devices, units, dx.DEVICE_WEIGHTS["Avg.BC"], seed=1))
+    # A and B right on the same clips: a zero difference in every resample, whatever is drawn
+    assert np.array_equal(dx.location_bootstrap(np.zeros(60), devices, units, {"a": 1.0}), np.zeros(dx.BOOTSTRAP_RESAMPLES))
+
+
+def test_test_set_sampling_equals_a_plain_numpy_bootstrap_of_the_runs_clips(partial):
+    """se_test of a comparison against a bootstrap written out here: the per-clip seed-mean difference from the
+    runs' predictions.npz, locations drawn with numpy's integers, accuracies per device recomputed."""
+    results, cfg, _ = partial
+    sig = pd.read_csv(results / "tables" / "significance.csv").set_index("comparison")
+    src = results.parent / "src" / "runs" / "ref_abc"
+    diffs = []
+    for seed in range(3):
+        hot = np.load(src / "T10" / "focal" / f"seed{seed}" / "predictions.npz")
+        cold = np.load(src / "T1" / "focal" / f"seed{seed}" / "predictions.npz")
+        assert list(hot["filenames"]) == list(cold["filenames"])
+        diffs.append((hot["logits"].argmax(1) == hot["labels"]).astype(float)
+                     - (cold["logits"].argmax(1) == cold["labels"]).astype(float))
+    diff, devices = np.mean(diffs, axis=0) * 100, hot["devices"]
+    location = np.array(["-".join(name.split("/")[-1].split("-")[1:3]) for name in hot["filenames"]])
+    names = sorted(set(location))
+    rng = np.random.default_rng(11)
+    reps = []
+    for _ in range(4000):
+        drawn = np.concatenate([np.flatnonzero(location == names[i]) for i in rng.integers(0, len(names), len(names))])
+        reps.append(np.mean([diff[drawn][devices[drawn] == d].mean() for d in ("b", "c")]))
+    assert sig.loc["heated-up softmax (Ref.ABC) T=10 vs T=1", "se_test"] == pytest.approx(np.std(reps, ddof=1), rel=0.08)
+    assert np.mean(reps) == pytest.approx(sig.loc["heated-up softmax (Ref.ABC) T=10 vs T=1", "mean_diff"], abs=0.3)
+
+
+def test_the_family_verdict_is_bonferroni_over_the_comparisons_with_an_interval(partial):
+    results, _, _ = partial
+    sig = pd.read_csv(results / "tables" / "significance.csv").set_index("comparison")
+    judged = sig[sig["total_low"].notna()]
+    assert len(judged) == 3 and (sig["family_k"] == 3).all()
+    assert sig["family_confidence"].iloc[0] == pytest.approx(1 - 0.05 / 3)
+    row = sig.loc["focal vs cross-entropy loss (Ref.ABC, T=1)"]
+    t_fam, z_fam = 7.648803937915553, 2.3939797998185104  # t_{1 - 0.05/6, 2}, z_{1 - 0.05/6}
+    half = math.sqrt((t_fam * row["sd_diff"] / math.sqrt(3)) ** 2 + (z_fam * row["se_test"]) ** 2)
+    assert (row["family_low"], row["family_high"]) == pytest.approx((row["mean_diff"] - half, row["mean_diff"] + half))
+    assert row["verdict"].startswith("A > B") and row["family_verdict"] == (
+        "not significant: the 98.33% interval (Bonferroni, k = 3) includes 0")  # significant alone, not in the family
+    assert sig.loc["heated-up softmax (Ref.ABC) T=10 vs T=1", "family_verdict"].startswith("A > B")
+    assert (sig.loc[sig["total_low"].isna(), "family_verdict"] == "–").all()
+
+
+def test_significance_md_states_its_method_policy_and_limits(partial):
+    results, _, _ = partial
+    md = (results / "tables" / "significance.md").read_text()
+    assert "paired bootstrap over its recording locations" in md and "Multiple comparisons:" in md
+    assert "judged at level 1 − (1 − 0.95)/k" in md and "Here k = 3." in md
+    assert "each run's epoch was chosen as the best on this same test set" in md  # the runs used selection test
+    assert md.rstrip().endswith("The epoch was chosen by the test set.")  # the selection note, as Tables 2 and 3
+    assert "leaks the test set" in md
+
+
+def test_predictions_that_do_not_give_the_metrics_are_refused_and_missing_ones_are_named(tmp_path):
+    accs = [(0.70, 0.60, 0.70), (0.72, 0.64, 0.72), (0.74, 0.62, 0.74)]
+    for seed, (a, b, c) in enumerate(accs):
+        write_run(tmp_path, "ref_abc", 10, "focal", seed, acc_a=a, acc_b=b + (0.10, 0.12, 0.08)[seed], acc_c=c)
+        write_run(tmp_path, "ref_abc", 1, "focal", seed, acc_a=a, acc_b=b, acc_c=c, extras=seed != 2)
+    runs = load_runs(discover_runs(tmp_path))
+    comparison = [{"name": "hot", "metric": "Avg.BC", "a": {"correction": "ref_abc", "temperature": 10, "loss": "focal"},
+                   "b": {"correction": "ref_abc", "temperature": 1, "loss": "focal"}}]
+    row = dx.significance_table(runs, comparison).iloc[0]
+    assert math.isnan(row["se_test"]) and row["total_low"] == row["ci_low"]  # seed 2 of B has no predictions.npz
+    assert row["verdict"] == ("A > B: the 95% interval (seeds) excludes 0; seed spread only: no predictions.npz, so "
+                              "test-set sampling is not included")
+    metrics = tmp_path / "runs" / "ref_abc" / "T10" / "focal" / "seed1" / "metrics.json"
+    m = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps({**m, "acc_c": 0.73, "avg_bc": (m["acc_b"] + 0.73) / 2}))
+    with pytest.raises(ValueError, match=re.escape(
+            f"{metrics.parent}/predictions.npz gives device c an accuracy of 0.72, but its metrics.json says "
+            "acc_c = 0.73: the two files are not of one run")):
+        dx.significance_table(load_runs(discover_runs(tmp_path)), comparison)
 
 
 def test_no_runs_is_a_clear_error(tmp_path, capsys):

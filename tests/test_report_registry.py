@@ -230,6 +230,33 @@ def test_a_configured_caveat_is_printed_once_on_the_page_and_on_the_result_table
     assert '<section id="caveat">' not in Path(out["report_html"]).read_text()
 
 
+def test_each_caveat_is_on_the_page_once_and_in_every_markdown_file_that_needs_it(small_results, tmp_path):
+    """The selection note closes Tables 2 and 3 and the significance table (each file stands alone), but the page
+    shows it once, in its model-selection section; the significance table's method, multiple-comparison policy and
+    limits are on the page once, in that table's section."""
+    import markupsafe
+
+    from heatedasc.report import diagnostics as dx
+    from heatedasc.report.runs import discover_runs, load_runs, selection_note
+
+    src, results = tmp_path / "src", tmp_path / "results"
+    src.mkdir()
+    (src / "runs").symlink_to(small_results / "runs")
+    config = base_config()
+    config["report"]["caveat"] = "Demo runs: too short to test the claims of the paper."
+    out = render_all(src, config, results)
+    note = selection_note(load_runs(discover_runs(src)))
+    for key in ("table2_md", "table3_md", "significance_md"):
+        assert Path(out[key]).read_text().count(note) == 1, key
+    page = Path(out["report_html"]).read_text().split('<section id="config">')[0]  # the config dump aside
+    assert page.count(str(markupsafe.escape(note))) == 1
+    assert page.split('<section id="selection">', 1)[1].split("</section>", 1)[0].count(str(markupsafe.escape(note))) == 1
+    k = int(pd.read_csv(out["significance"])["family_k"].iloc[0])
+    for paragraph in dx.significance_notes(float(config["report"]["confidence"]), k, ["test"]) + (
+            config["report"]["caveat"],):
+        assert page.count(str(markupsafe.escape(paragraph))) == 1, paragraph[:60]
+
+
 def test_smoke_config_carries_the_demo_caveat_and_params_none():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     smoke = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
@@ -271,7 +298,11 @@ def test_an_artefact_s_params_hold_only_the_config_it_reads():
     config = base_config()
     assert REGISTRY["fig2"].params(config) == {"report": {"fig2_temperatures": [1, 10]}}
     assert set(REGISTRY["calibration"].params(config)) == {"report", "sweep"}
-    assert REGISTRY["report_html"].params(config) == config
+    from heatedasc.config import NOT_RESULT_SECTIONS
+
+    # the page's params: every section a result depends on (speed-only settings, resources, pipeline left out)
+    assert REGISTRY["report_html"].params(config) == {k: v for k, v in config.items() if k not in NOT_RESULT_SECTIONS}
+    assert "execution" in config and "execution" not in REGISTRY["report_html"].params(config)
     with pytest.raises(ValueError, match="config lacks the key report.fig2_temps"):
         config_subset(config, ["report.fig2_temps"])
 

@@ -461,6 +461,85 @@ def test_holdout_keeps_test_set_out_of_selection(cache, tmp_path):
         base["val_avg_bc"], h1["val_avg_bc"])
 
 
+def test_holdout_run_lists_the_locations_it_validated_on(cache, tmp_path):
+    m = train(cache, tmp_path / "h", train_cfg={"selection": "holdout", "epochs": 1})
+    index = pd.read_csv(cache[1][1])
+    held = select_holdout(index["identifier"].to_numpy(str), TRAIN_CFG["holdout_fraction"], TRAIN_CFG["holdout_seed"])
+    assert m["validation_locations"] == sorted(set(index["identifier"][held]))
+    assert m["n_validation"] == int(held.sum()) > 0
+    assert "validation_locations" not in train(cache, tmp_path / "t", train_cfg={"epochs": 1})  # test selection
+
+
+def write_workflow_records(root, correction, *, stats_holdout, spectra_holdout):
+    """The provenance records the workflow leaves behind a correction's caches (as heatedasc.job writes them: paths
+    relative to the workflow directory `root`): features -> stats and coefficients -> mean spectra. Only the
+    records; the upstream files themselves are not needed."""
+    feats, coefs = f"results/features/{correction}", "results/coefficients"
+
+    def record(path, *, params, inputs, outputs, wildcards=None):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(json.dumps({"record_version": 2, "wildcards": wildcards or {}, "params": params,
+                                             "inputs": inputs, "outputs": outputs}))
+
+    upstream = {"manifest": {"results/prepared/manifest.csv": "m" * 32},
+                "coefficients": {f"{coefs}/{correction}.npz": "c" * 32}}
+    for split in ("train", "evaluate"):
+        record(f"{feats}/{split}.provenance.json", wildcards={"correction": correction, "split": split},
+               params={"extractor": {}}, inputs={**upstream, "stats": {f"{feats}/stats.npz": "s" * 32}},
+               outputs={"cache": {f"{feats}/{split}.npy": "x" * 32}, "index": {f"{feats}/{split}.csv": "i" * 32}})
+    record(f"{feats}/stats.provenance.json", params={"holdout": stats_holdout}, inputs=upstream,
+           outputs={"out": {f"{feats}/stats.npz": "s" * 32}})
+    record(f"{coefs}/{correction}.provenance.json", params={"estimator": "ratio_of_means"},
+           inputs={"spectra": {f"{coefs}/mean_spectra.npz": "p" * 32}},
+           outputs={"out": {f"{coefs}/{correction}.npz": "c" * 32}})
+    record(f"{coefs}/mean_spectra.provenance.json", params={"holdout": spectra_holdout},
+           inputs={"manifest": {"results/prepared/manifest.csv": "m" * 32}},
+           outputs={"out": {f"{coefs}/mean_spectra.npz": "p" * 32}})
+
+
+def test_a_cache_fitted_with_another_holdout_is_refused(tmp_path):
+    from heatedasc.train import check_cache_origin, run_holdout
+
+    root = tmp_path / "wf"
+    folder = root / "results" / "features" / "ref_abc"
+    caches = (folder, write_cache(folder, "train", 60, seed=0), write_cache(folder, "evaluate", 30, seed=1))
+    cache = load_feature_cache(*caches[1])
+    held = {"selection": "holdout", "holdout_fraction": 0.25, "holdout_seed": 0}
+    ours = run_holdout(held)
+    assert ours == {"fraction": 0.25, "seed": 0} and run_holdout({**held, "selection": "test"}) is None
+    stats_record = folder / "stats.provenance.json"
+    spectra_record = root / "results" / "coefficients" / "mean_spectra.provenance.json"
+
+    write_workflow_records(root, "ref_abc", stats_holdout=ours, spectra_holdout=ours)
+    check_cache_origin(cache, correction="ref_abc", split="train", holdout={"fraction": 0.25, "seed": 0})
+    with pytest.raises(ValueError, match=re.escape(  # the correction's record is the first one met
+            f"{cache.npy_path} was built with the holdout train.holdout_fraction 0.25, train.holdout_seed 0 (per "
+            f"{spectra_record}), but this run has no holdout (every fold1_train location fitted)")):
+        check_cache_origin(cache, correction="ref_abc", split="train", holdout=None)  # a test-selection run
+    with pytest.raises(ValueError, match=re.escape("but this run has the holdout train.holdout_fraction 0.25, "
+                                                   "train.holdout_seed 1")):
+        check_cache_origin(cache, correction="ref_abc", split="train", holdout={"fraction": 0.25, "seed": 1})
+
+    # statistics fitted on every location: the run would validate on locations the standardisation saw
+    write_workflow_records(root, "ref_abc", stats_holdout=None, spectra_holdout=ours)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{cache.npy_path} was built with no holdout (every fold1_train location fitted) (per {stats_record}), "
+            "but this run has the holdout train.holdout_fraction 0.25, train.holdout_seed 0; rebuild the features")):
+        check_cache_origin(cache, correction="ref_abc", split="train", holdout=ours)
+    # the correction's mean spectra left out other locations
+    write_workflow_records(root, "ref_abc", stats_holdout=ours, spectra_holdout={"fraction": 0.1, "seed": 0})
+    with pytest.raises(ValueError, match=re.escape(
+            f"train.holdout_fraction 0.1, train.holdout_seed 0 (per {spectra_record})")):
+        check_cache_origin(cache, correction="ref_abc", split="train", holdout=ours)
+    # the same through run_training: refused before anything is trained or written
+    write_workflow_records(root, "ref_abc", stats_holdout=None, spectra_holdout=None)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=re.escape(f"(per {spectra_record}), but this run has the holdout")):
+        train(caches, out, train_cfg=held, correction="ref_abc")
+    assert not out.exists()
+    assert train(caches, out, train_cfg={**held, "selection": "test", "epochs": 1}, correction="ref_abc")["acc_a"] >= 0
+
+
 def test_last_selection_keeps_final_epoch(cache, tmp_path):
     cfg = {"selection": "last", "epochs": 2, "monitor": "overall", "deterministic": True}
     m = train(cache, tmp_path / "last", loss="ce", train_cfg=cfg)

@@ -338,3 +338,61 @@ def test_a_changed_module_reruns_exactly_the_jobs_whose_code_imports_it(tmp_path
     # names each changed file it imports, so per module the jobs naming it must be exactly its importers.
     checked = check(modules)
     assert checked >= 12  # most modules are code of some job
+
+
+@pytest.mark.workflow
+def test_holdout_is_left_out_of_every_fit_and_the_test_split_is_untouched(tmp_path):
+    """train.selection holdout end to end (the tiny pipeline, one correction, one run of one epoch): the
+    correction's mean spectra, the feature statistics and training's validation use one and the same set of
+    held-out recording locations, and the test split reaches the features and the metrics whole."""
+    import numpy as np
+
+    from heatedasc.feature_stats import load_stats
+    from heatedasc.tau import parse_filename, read_manifest
+
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"]["root"] = str(tmp_path / "data" / "synthetic")
+    cfg["sweep"].update(correction=["ref_abc"], loss=["focal"])
+    cfg["train"].update(selection="holdout", holdout_fraction=0.25, holdout_seed=0)
+    override = write_override(tmp_path / "holdout.yaml", cfg)
+    snakemake(tmp_path, "--cores", "2", "train_all", configfiles=[override])
+    results = tmp_path / "results"
+    features = results / "features" / "ref_abc"
+    manifest = read_manifest(results / "prepared" / "manifest.csv")
+    train_rows, test_rows = manifest[manifest["split"] == "train"], manifest[manifest["split"] == "evaluate"]
+
+    # training validated on these locations (listed by the run itself)
+    metrics = json.loads((results / "runs" / "ref_abc" / "T1" / "focal" / "seed0" / "metrics.json").read_text())
+    held = set(metrics["validation_locations"])
+    assert metrics["selection"] == "holdout" and held < set(train_rows["identifier"])
+    assert metrics["n_validation"] == train_rows["identifier"].isin(held).sum()
+
+    # the correction: the mean spectra are those of the a/b/c triplets outside the held-out locations
+    devices_per_group = train_rows.groupby("group")["device"].agg(set)
+    triplets = train_rows[train_rows["group"].isin(devices_per_group[devices_per_group == {"a", "b", "c"}].index)]
+    spectra = np.load(results / "coefficients" / "mean_spectra.npz")
+    assert sorted(spectra["filenames"]) == sorted(triplets.loc[~triplets["identifier"].isin(held), "filename"])
+    assert held & set(triplets["identifier"])  # some triplet locations were held out: the check has teeth
+    coefficients = np.load(results / "coefficients" / "ref_abc.npz")
+    assert not {parse_filename(f)["identifier"] for f in coefficients["files"]} & held
+
+    # the statistics: fitted on exactly the other training files. The standardised cache has mean 0 and sd 1 per
+    # mel band over those rows (to float16 rounding), and not over all training rows.
+    stats = load_stats(features / "stats.npz")
+    index = pd.read_csv(features / "train.csv")
+    fitted = ~index["identifier"].isin(held).to_numpy()
+    assert stats["n_files"] == fitted.sum() == (~train_rows["identifier"].isin(held)).sum()
+    cache = np.load(features / "train.npy").astype(np.float64)
+    assert sorted(index["filename"]) == sorted(train_rows["filename"])  # training holds every train file
+    band_mean, band_sd = cache[fitted].mean(axis=(0, 2)), cache[fitted].std(axis=(0, 2))
+    assert np.abs(band_mean).max() < 2e-3 and np.abs(band_sd - 1).max() < 2e-3, (band_mean, band_sd)
+    assert np.abs(cache.mean(axis=(0, 2))).max() > 2e-2  # over every row it is not: the held-out rows differ
+    for record in (features / "stats.provenance.json", results / "coefficients" / "mean_spectra.provenance.json"):
+        assert json.loads(record.read_text())["params"]["holdout"] == {"fraction": 0.25, "seed": 0}, record
+
+    # the test split: every evaluate file, whole, in the evaluation cache and the metrics; none held out
+    evaluate = pd.read_csv(features / "evaluate.csv")
+    assert sorted(evaluate["filename"]) == sorted(test_rows["filename"])
+    assert metrics["n_test"] == {d: int((test_rows["device"] == d).sum()) for d in ("a", "b", "c")}
+    assert not held & set(test_rows["identifier"]) and "holdout" not in set(manifest["split"])
+    assert "the test set (fold1_evaluate) was not used" in metrics["selection_note"]

@@ -59,19 +59,83 @@ RESUME_DIR = "resume"  # heatedasc.fileio.resumable_dir(out_dir, RESUME_DIR) hol
 # --------------------------------------------------------------------------------------------- data
 
 
-def check_cache_origin(cache: FeatureCache, *, correction: str | None, split: str) -> None:
-    """The features stage's provenance record beside a cache (if any) must name this run's correction and split.
+RECORD_SUFFIX = ".provenance.json"  # a job's record beside its output: results/features/none/train.provenance.json
+UPSTREAM_DEPTH = 4  # records followed up the features' inputs (stats, coefficients -> mean spectra -> prepare)
 
-    A cache of another correction or split has the right shape and passes every other check, so
-    without this a run would silently train or test on the wrong features.
+
+def run_holdout(cfg: dict) -> dict | None:
+    """The holdout a run needs every fit to have left out, as the jobs record it (params `holdout`): None unless
+    train.selection is holdout."""
+    if cfg["selection"] != "holdout":
+        return None
+    return {"fraction": float(cfg["holdout_fraction"]), "seed": int(cfg["holdout_seed"])}
+
+
+def _read_record(path: Path, what: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable provenance record of {what} ({exc})") from exc
+    return record if isinstance(record, dict) else {}
+
+
+def _workflow_dir(record: dict, output: Path) -> Path | None:
+    """The directory the record's relative paths start from: where `output`, as the record names it, lies."""
+    resolved = output.resolve().as_posix()
+    for group in record.get("outputs", {}).values():
+        for name in group:
+            if not Path(name).is_absolute() and (resolved == name or resolved.endswith("/" + name)):
+                return Path(resolved[: len(resolved) - len(name)] or "/")
+    return None
+
+
+def recorded_holdouts(record: dict, output: Path, depth: int = UPSTREAM_DEPTH) -> dict[Path, Any]:
+    """{record path: its params `holdout`} of every job upstream of the one that wrote `output` (record `record`)
+    that recorded one: the feature statistics and the mean spectra behind the correction. Records that are not
+    there (files made outside the workflow) are skipped."""
+    base = _workflow_dir(record, output)
+    found: dict[Path, Any] = {}
+    if base is None or depth == 0:
+        return found
+    for group in record.get("inputs", {}).values():
+        for name in group:
+            if name.startswith("{"):  # {data.root}/...: raw data, written by no job
+                continue
+            upstream = Path(name) if Path(name).is_absolute() else base / name
+            record_path = upstream.with_suffix(RECORD_SUFFIX)
+            if upstream == output or not record_path.is_file():
+                continue
+            upstream_record = _read_record(record_path, upstream)
+            if "holdout" in upstream_record.get("params", {}):
+                found[record_path] = upstream_record["params"]["holdout"]
+            found.update(recorded_holdouts(upstream_record, upstream, depth - 1))
+    return found
+
+
+def _holdout_key(holdout) -> tuple | None:
+    return None if not holdout else (float(holdout["fraction"]), int(holdout["seed"]))
+
+
+def _describe_holdout(holdout) -> str:
+    if not holdout:
+        return "no holdout (every fold1_train location fitted)"
+    return f"the holdout train.holdout_fraction {float(holdout['fraction']):g}, train.holdout_seed {int(holdout['seed'])}"
+
+
+def check_cache_origin(cache: FeatureCache, *, correction: str | None, split: str, holdout: Any = ...) -> None:
+    """The features stage's provenance record beside a cache (if any) must name this run's correction and split,
+    and the fits behind the cache (feature statistics, and the mean spectra of the correction) must have left
+    out exactly the run's held-out locations: `holdout` is run_holdout(...) (None: no holdout; ... = unchecked).
+
+    A cache of another correction, split or holdout has the right shape and passes every other check, so
+    without this a run would silently train or test on the wrong features, or validate on locations the
+    standardisation or the correction was fitted on.
     """
-    record_path = cache.npy_path.with_suffix(".provenance.json")
+    record_path = cache.npy_path.with_suffix(RECORD_SUFFIX)
     if not record_path.is_file():
         return  # caches written outside the workflow carry no record
-    try:
-        wildcards = json.loads(record_path.read_text()).get("wildcards", {})
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{record_path}: unreadable provenance record of {cache.npy_path} ({exc})") from exc
+    record = _read_record(record_path, cache.npy_path)
+    wildcards = record.get("wildcards", {})
     made_for = wildcards.get("correction")
     if correction and made_for is not None and made_for != correction:
         raise ValueError(
@@ -82,6 +146,15 @@ def check_cache_origin(cache: FeatureCache, *, correction: str | None, split: st
         raise ValueError(
             f"{cache.npy_path} holds the '{wildcards['split']}' split (per {record_path}), expected '{split}'"
         )
+    if holdout is ...:
+        return
+    for upstream, recorded in recorded_holdouts(record, cache.npy_path).items():
+        if _holdout_key(recorded) != _holdout_key(holdout):
+            raise ValueError(
+                f"{cache.npy_path} was built with {_describe_holdout(recorded)} (per {upstream}), but this run has "
+                f"{_describe_holdout(holdout)}; rebuild the features with this run's train.selection, "
+                "train.holdout_fraction and train.holdout_seed"
+            )
 
 
 # ------------------------------------------------------------------------------ training pieces
@@ -474,8 +547,9 @@ def run_training(
         ) from exc
     if correction is None:
         correction = out_dir.parts[-4] if len(out_dir.parts) >= 4 else ""
-    check_cache_origin(train, correction=correction, split="train")
-    check_cache_origin(test, correction=correction, split="evaluate")
+    holdout = run_holdout(cfg)
+    check_cache_origin(train, correction=correction, split="train", holdout=holdout)
+    check_cache_origin(test, correction=correction, split="evaluate", holdout=holdout)
     shared = sorted(set(train.index["filename"]) & set(test.index["filename"]))
     if shared:
         raise ValueError(
@@ -687,6 +761,9 @@ def _train_and_write(spec: RunSpec, *, progress: bool, stop_after_epoch: int | N
         "selection_note": _selection_note(selection, monitor, float(cfg["holdout_fraction"])),
         "monitor": monitor, "best_monitor_value": float(best["value"]),
     }
+    if val_rows is not None:  # holdout: the locations training validated on (the fits left the same ones out)
+        metrics["validation_locations"] = sorted(set(train.index["identifier"].iloc[val_rows].astype(str)))
+        metrics["n_validation"] = int(len(val_rows))
 
     # ---- outputs, each atomic
     out_dir.mkdir(parents=True, exist_ok=True)

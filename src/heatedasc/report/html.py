@@ -1,7 +1,9 @@
 """One self-contained HTML page: every registered table (rendered from its CSV, the same cells as its
 Markdown file), every figure (embedded as base64 PNG so the file is portable), the selection note, the
 effective configuration and a lineage summary of the training runs (recipe fingerprint, code, feature-cache
-hashes; nothing that changes when an identical run is repeated). The page is one Jinja2 template filled from data."""
+hashes; nothing that changes when an identical run is repeated). Each caveat is printed once: the tables'
+shared ones (the selection note) at the top, not again under each table. The page is one Jinja2 template
+filled from data."""
 
 from __future__ import annotations
 
@@ -46,6 +48,9 @@ TEMPLATE = """\
 {% if caveat %}<section id="caveat"><div class="warn"><p>{{ caveat }}</p></div></section>
 {% endif -%}
 <section id="selection"><h2>Model selection</h2><div class="warn"><p>{{ selection }}</p></div></section>
+{% if shared %}<section id="caveats"><h2>Caveats</h2><div class="warn">{% for c in shared %}<p>{{ c }}</p>{% endfor %}\
+</div></section>
+{% endif -%}
 <h2>Tables</h2>
 {% for s in tables -%}
 <section id="{{ s.id }}"><h2>{{ s.title }}</h2><p><em>{{ s.caption }}</em></p>
@@ -149,8 +154,11 @@ def render_page(ctx: RenderContext, out: Mapping[str, str]) -> None:
     import markupsafe
     import yaml
 
+    from heatedasc.config import NOT_RESULT_SECTIONS  # the page is a result: no speed-only settings in its dump
+
     page = Path(out["report_html"])
-    tables, figures, links = [], [], []
+    selection = selection_note(ctx.runs)
+    tables, figures, links, shared = [], [], [], []
     for artefact in ctx.registry:
         for t in artefact.tables:
             csv = ctx.artefacts.get(t.csv)
@@ -160,6 +168,9 @@ def render_page(ctx: RenderContext, out: Mapping[str, str]) -> None:
                 section["doc"] = {"title": doc.title, "columns": list(doc.frame.columns),
                                   "rows": doc.frame.values.tolist(),
                                   "lines": [line for note in doc.notes for line in note.splitlines() if line.strip()]}
+                # caveats several tables carry (the selection note): once on the page, at the top
+                shared += [line for note in doc.shared for line in note.splitlines()
+                           if line.strip() and line != selection and line not in shared]
             tables.append(section)
         figures += [(f, False) for f in artefact.figures]
         for key, rel in artefact.outputs.items():
@@ -179,7 +190,8 @@ def render_page(ctx: RenderContext, out: Mapping[str, str]) -> None:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.from_string(TEMPLATE).render(
         css=markupsafe.Markup(CSS), when_where=markupsafe.Markup(WHEN_WHERE),
-        origin=ctx.origin, n_runs=len(ctx.runs), caveat=ctx.caveat, selection=selection_note(ctx.runs),
+        origin=ctx.origin, n_runs=len(ctx.runs), caveat=ctx.caveat, selection=selection, shared=shared,
         tables=tables, figures=figure_sections, links=links, lineage=lineage, lineage_head=LINEAGE_HEAD,
-        config_yaml=yaml.safe_dump(json.loads(json.dumps(dict(ctx.config), default=str)), sort_keys=False))
+        config_yaml=yaml.safe_dump(json.loads(json.dumps(
+            {k: v for k, v in ctx.config.items() if k not in NOT_RESULT_SECTIONS}, default=str)), sort_keys=False))
     write_text(page, html)

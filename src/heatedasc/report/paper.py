@@ -105,7 +105,7 @@ def _result_doc(data: pd.DataFrame, ctx: RenderContext, title: str) -> TableDoc:
     notes = ACCURACY_NOTE
     if "source" in data.columns and (data["source"] == "quoted from paper").any():
         notes += "\n" + QUOTED_NOTE
-    return TableDoc(title, result_frame(data), (notes, selection_note(ctx.runs)), caveat=ctx.caveat)
+    return TableDoc(title, result_frame(data), (notes,), caveat=ctx.caveat, shared=(selection_note(ctx.runs),))
 
 
 def table2_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:

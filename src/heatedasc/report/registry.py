@@ -275,8 +275,10 @@ REGISTRY = Registry(
             outputs={"significance": "tables/significance.csv", "significance_md": "tables/significance.md"},
             provenance="tables/significance.provenance.json",
             render=diagnostics.render_significance,
+            needs=frozenset({"metrics", "predictions"}),  # the test-set sampling bootstrap reads each run's clips
             tables=(Table("significance", "significance_md", "Significance",
-                          "The paper's comparisons, paired over seeds.", diagnostics.significance_document,
+                          "The paper's comparisons, paired over seeds, with the test set's sampling error.",
+                          diagnostics.significance_document,
                           text_columns=diagnostics.SIGNIFICANCE_TEXT),),
         ),
         # One self-contained HTML page: every table and figure above, the selection note, the effective

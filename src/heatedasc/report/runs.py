@@ -71,6 +71,18 @@ def load_predictions(run_dir) -> dict | None:
                 "devices": d["devices"].astype(str)}
 
 
+def load_outcomes(run_dir) -> pd.DataFrame | None:
+    """Per test clip of one run (predictions.npz): file name, device and whether argmax z hit the label — the
+    clips behind its accuracies; None if the file is absent."""
+    f = Path(run_dir) / "predictions.npz"
+    if not f.is_file():
+        return None
+    with np.load(f) as d:
+        scores = d["logits"] if "logits" in d.files else d["probs"]  # softmax(z/T) keeps the argmax of z
+        return pd.DataFrame({"filename": d["filenames"].astype(str), "device": d["devices"].astype(str),
+                             "correct": scores.argmax(axis=1) == d["labels"].astype(np.int64)})
+
+
 def fig2_embeddings(runs: pd.DataFrame, report_cfg: Mapping) -> dict[float, str | None]:
     """Embeddings of the Fig. 2 runs among `runs`, per configured T (None where that T has not run)."""
     files = {}

@@ -22,22 +22,27 @@ MARKDOWN = """\
 {% for row in rows %}| {{ row | map("escape_pipe") | join(" | ") }} |
 {% endfor %}{% for note in notes %}
 {{ note }}
+{% endfor %}{% for note in shared %}
+{{ note }}
 {% endfor %}"""
 
 
 @dataclass(frozen=True)
 class TableDoc:
     """`frame` holds display strings (its columns are the header); each note is a paragraph under the
-    table; `caveat` (optional) is one line between the title and the table."""
+    table; `caveat` (optional) is one line between the title and the table. `shared` are caveats that other
+    tables carry too (the model-selection note): each Markdown file prints them after its notes, so it stands
+    alone, while the HTML page prints each of them once, at the top."""
 
     title: str
     frame: pd.DataFrame
     notes: tuple[str, ...] = ()
     caveat: str = ""
+    shared: tuple[str, ...] = ()
 
     def markdown(self) -> str:
         return _markdown_template().render(title=self.title, caveat=self.caveat, header=list(self.frame.columns),
-                                           rows=self.frame.values.tolist(), notes=self.notes)
+                                           rows=self.frame.values.tolist(), notes=self.notes, shared=self.shared)
 
 
 @functools.cache
