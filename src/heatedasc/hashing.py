@@ -196,22 +196,34 @@ def dvc_state() -> DvcState | None:
     return _DVC_STATES.setdefault(root, DvcState(root))
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """The digest of one file: from the memo, from DVC's state, or read."""
+def known_digest(path: str | os.PathLike) -> str | None:
+    """The digest of one file from the memo or DVC's state, without reading it (None: it must be read). DVC's
+    state is used from the thread that opened it only: call this from one thread."""
     real = os.path.realpath(path)
     st = os.stat(real)
     key = _identity(st, real)
-    m = memo()
-    digest = m.get(key)
+    digest = memo().get(key)
     if digest is None:
         state = dvc_state()
         names = dict.fromkeys([os.path.abspath(path), real])  # DVC keys a file by the path it wrote it at
         digest = next((d for name in names if (d := state.md5(name, st))), None) if state else None
-        if digest is None:
-            digest = read_digest(real)
-        if os.stat(real).st_mtime_ns == st.st_mtime_ns:  # not rewritten while it was read
-            m.put(key, digest)
+        if digest is not None:
+            memo().put(key, digest)
     return digest
+
+
+def _read_and_remember(path: str | os.PathLike) -> str:
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    digest = read_digest(real)
+    if os.stat(real).st_mtime_ns == st.st_mtime_ns:  # not rewritten while it was read
+        memo().put(_identity(st, real), digest)
+    return digest
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The digest of one file: from the memo, from DVC's state, or read."""
+    return known_digest(path) or _read_and_remember(path)
 
 
 def remember(path: str | os.PathLike, digest: str) -> None:
@@ -254,8 +266,10 @@ def digest_many(paths: Iterable[str | os.PathLike], workers: int = 2) -> dict[st
         elif os.path.exists(p):
             files.append(Path(p))
     unique = sorted(set(files))
+    file_digests = {f: d for f in unique if (d := known_digest(f))}  # in this thread (DVC's state is not shared)
+    unread = [f for f in unique if f not in file_digests]
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        file_digests = dict(zip(unique, pool.map(file_digest, unique)))
+        file_digests.update(zip(unread, pool.map(_read_and_remember, unread)))
     out: dict[str, str] = {}
     for p in names:
         if os.path.isdir(p):
