@@ -12,15 +12,15 @@ This module makes them true before Snakemake reads them, in the main Snakemake p
   re-dated, if needed, to just after its newest input (producers first), so Snakemake sees the order their content
   proves. Only files the job wrote are ever re-dated; inputs, such as a user's dataset, never are.
 * out of date — anything differs. The job gets one extra input per difference, a small file under
-  `.snakemake/heatedasc/why/<rule>/<wildcards>/` named after it (e.g. `params.train.epochs 8 -> 20`), dated after
+  `.snakemake/heatedasc/why/<rule>/<wildcards>/` named after it (e.g. `params.train.epochs: 8 -> 20`), dated after
   its outputs: Snakemake reruns it, shows the difference as its reason, and reruns what follows.
 * outputs missing — nothing to add: Snakemake reruns it anyway.
 
 A job submitted to a cluster re-reads the Snakefile in its own process; there this module does nothing (the main
 process decided), and the job records what it actually ran, whatever any plan said. With `--touch` (not a dry
-run), an out-of-date job's record is rewritten to describe its current inputs and outputs, marked `touched`, as
-the option promises to mark results current. `HEATEDASC_PLAN=<file>` makes a plan append each decision to that
-file as one JSON line (what `heatedasc lineage` and `heatedasc verify` read).
+run), the record of each job Snakemake touched is rewritten after the run to describe its current inputs and
+outputs, marked `touched`, as the option promises to mark results current. `HEATEDASC_PLAN=<file>` makes a plan
+append each decision to that file as one JSON line (what `heatedasc lineage` reads).
 """
 
 from __future__ import annotations
@@ -157,6 +157,12 @@ def _named(files, wildcards: Mapping, what: str, skip: tuple[str, ...] = ()) -> 
     if rest:
         named["unnamed"] = rest
     return named
+
+
+def _params(rule, wildcards: Mapping) -> dict:
+    """A rule's params for `wildcards`, as its job receives them."""
+    return {k: (_call(f, wildcards, f"rule {rule.name} params {k}") if (f := _callable(v)) else v)
+            for k, v in rule.params.items()}
 
 
 def _script(rule) -> str:
@@ -301,10 +307,10 @@ class Currency:
         return {p: self._digests[p] for p in paths}
 
     # ---- the decision
-    def decide(self, rule_name: str, wildcards: Mapping, fresh: bool = False) -> Decision:
+    def decide(self, rule_name: str, wildcards: Mapping) -> Decision:
         wildcards = {k: str(v) for k, v in wildcards.items()}
         key = (rule_name, tuple(sorted(wildcards.items())))
-        if key in self.decisions and not fresh:
+        if key in self.decisions:
             return self.decisions[key]
         self._deciding.add(key)
         try:
@@ -336,11 +342,9 @@ class Currency:
             data_outputs = {k: v for k, v in outputs.items() if k != RECORD_OUTPUT}
             now = self.digests([p for paths in data_outputs.values() for p in paths] +
                                [p for p in input_paths if os.path.exists(p)])
-            params = {k: (_call(f, wildcards, f"{what} params {k}") if (f := _callable(v)) else v)
-                      for k, v in rule.params.items()}
             decision.reasons = compare(
                 record,
-                params=recorded_params(params),
+                params=recorded_params(_params(rule, wildcards)),
                 code=code_digests(_script(rule)),
                 cpu=self.expected_cpu,
                 inputs={k: {portable(p, self.data_root): now.get(p, "missing") for p in v} for k, v in inputs.items()},
@@ -413,9 +417,7 @@ class Currency:
 
         rule, what = self.workflow.get_rule(rule_name), f"rule {rule_name}"
         outputs = _named(rule.output, wildcards, what)
-        params = {k: (_call(f, wildcards, f"{what} params {k}") if (f := _callable(v)) else v)
-                  for k, v in rule.params.items()}
-        record = stable_record(rule=rule_name, wildcards=wildcards, params=params, script=_script(rule),
+        record = stable_record(rule=rule_name, wildcards=wildcards, params=_params(rule, wildcards), script=_script(rule),
                                inputs=_named(rule.input, wildcards, what, skip=(WHY_INPUT,)),
                                outputs={k: v for k, v in outputs.items() if k != RECORD_OUTPUT},
                                cpu=self.expected_cpu, data_root=self.data_root)
@@ -463,7 +465,3 @@ def read_plan(path: str | os.PathLike) -> dict[tuple, dict]:
         out[(d["rule"], tuple(sorted(d["wildcards"].items())))] = d
     return out
 
-
-def local_paths(record: Mapping, section: str, data_root) -> dict[str, str]:
-    """{portable path: local path} of a record's inputs or outputs."""
-    return {p: local(p, data_root) for group in record.get(section, {}).values() for p in group}
