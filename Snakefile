@@ -7,6 +7,7 @@
 from snakemake.logging import logger
 from snakemake.utils import min_version
 
+from heatedasc import pinning
 from heatedasc.config import hidden_edits, validate_config
 from heatedasc.ownership import check_data_root
 
@@ -19,6 +20,9 @@ configfile: os.path.join(workflow.basedir, "params.yaml")
 validate_config(config)  # the project's one loader: schema + cross-key checks (heatedasc.config)
 for problem in hidden_edits([os.path.join(workflow.basedir, "params.yaml"), *workflow.overwrite_configfiles]):
     logger.warning(f"warning: {problem}")  # DVC's config stage refuses these; a plain run only warns
+# CPU kernels and threads (heatedasc.pinning): set before any job starts, so each job's numpy and torch load with
+# them (jobs, local or SLURM, inherit this environment); each job checks them with pinning.apply
+os.environ.update(pinning.environment(config["cpu"]))
 # before any job (and in `snakemake -n`): never plan to overwrite a dataset the generator did not write
 check_data_root(config["data"]["root"], synth_enabled=config["synth"]["enabled"])
 

@@ -235,6 +235,9 @@ def record_job(smk, stage: str, provenance_key: str = "provenance") -> dict:
         wildcards=dict(smk.wildcards.items()),
         config=dict(smk.config),
     )
+    from heatedasc.pinning import record as cpu_record
+
+    stable["cpu"], volatile["cpu"] = cpu_record()  # pinned kernels and threads (heatedasc.pinning.apply)
     recipe = smk.params.get("recipe")
     if recipe:  # what Snakemake compares at the next planning (heatedasc.recipes)
         stable = {"fingerprint": recipe["fingerprint"], **stable, "recipe": recipe}

@@ -203,6 +203,7 @@ class RecipeBook:
                 return planned
         rule = self._rule(name)
         params = {k: self._eval(v, wildcards) for k, v in rule.params.items() if k != "recipe"}
+        params["cpu"] = self.workflow.config.get("cpu")  # every job's kernels and threads (heatedasc.pinning)
         sources, upstream = {}, {}
         for path in self._resolved_inputs(rule, wildcards):
             producer = self._producer(path)

@@ -2,9 +2,11 @@
 
 from heatedasc.correction import estimate_coefficients, load_mean_spectra, save_coefficients
 from heatedasc.logutil import job_logging
+from heatedasc.pinning import apply as pin_cpu
 from heatedasc.provenance import record_job
 
 with job_logging(snakemake.log[0], "heatedasc.coefficients") as log:
+    pin_cpu(snakemake.config.get("cpu"))  # kernels and threads (heatedasc.pinning)
     p = snakemake.params
     spectra = load_mean_spectra(snakemake.input.spectra)
     coefficients = estimate_coefficients(

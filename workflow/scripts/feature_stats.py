@@ -1,15 +1,16 @@
 """Snakemake adapter: per-mel-bin standardisation statistics from the training split (float64 sums)."""
 
-import torch
-
+from heatedasc.dsp import set_clip_workers
 from heatedasc.feature_stats import compute_feature_stats, save_stats
 from heatedasc.features import make_extractor
 from heatedasc.logutil import job_logging, show_progress
+from heatedasc.pinning import apply as pin_cpu
 from heatedasc.provenance import record_job
 from heatedasc.tau import read_manifest, without_holdout
 
 with job_logging(snakemake.log[0], "heatedasc.feature_stats") as log:
-    torch.set_num_threads(snakemake.threads)
+    pin_cpu(snakemake.config.get("cpu"))  # kernels and threads (heatedasc.pinning)
+    set_clip_workers(snakemake.threads)  # clips in parallel on the job's cores (no effect on results)
     p = snakemake.params
     extractor = make_extractor(snakemake.input.coefficients, sample_rate=p.sample_rate, devices=p.devices,
                                device=p.device, **p.extractor)

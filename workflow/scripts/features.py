@@ -1,15 +1,16 @@
 """Snakemake adapter: the standardised float16 log-mel cache of one (correction, split)."""
 
-import torch
-
+from heatedasc.dsp import set_clip_workers
 from heatedasc.feature_stats import load_stats
 from heatedasc.features import build_feature_cache, make_extractor
 from heatedasc.logutil import job_logging, show_progress
+from heatedasc.pinning import apply as pin_cpu
 from heatedasc.provenance import record_job
 from heatedasc.tau import read_manifest
 
 with job_logging(snakemake.log[0], "heatedasc.features") as log:
-    torch.set_num_threads(snakemake.threads)
+    pin_cpu(snakemake.config.get("cpu"))  # kernels and threads (heatedasc.pinning)
+    set_clip_workers(snakemake.threads)  # clips in parallel on the job's cores (no effect on results)
     p = snakemake.params
     extractor = make_extractor(snakemake.input.coefficients, sample_rate=p.sample_rate, devices=p.devices,
                                device=p.device, **p.extractor)

@@ -3,10 +3,12 @@
 from pathlib import Path
 
 from heatedasc.logutil import job_logging, show_progress
+from heatedasc.pinning import apply as pin_cpu
 from heatedasc.prepare import prepare_dataset
 from heatedasc.provenance import record_job
 
 with job_logging(snakemake.log[0], "heatedasc.prepare") as log:
+    pin_cpu(snakemake.config.get("cpu"))  # kernels and threads (heatedasc.pinning)
     p = snakemake.params
     root = Path(snakemake.input.meta).parent  # the data root: meta.csv sits at its top
     manifest = prepare_dataset(

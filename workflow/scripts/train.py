@@ -3,10 +3,12 @@
 from pathlib import Path
 
 from heatedasc.logutil import job_logging, show_progress
+from heatedasc.pinning import apply as pin_cpu
 from heatedasc.provenance import record_job
 from heatedasc.train import run_training
 
 with job_logging(snakemake.log[0], "heatedasc.train") as log:
+    cpu = pin_cpu(snakemake.config.get("cpu"))  # kernels and threads (heatedasc.pinning)
     wc = snakemake.wildcards
     out_dir = Path(snakemake.output.metrics).parent
     metrics = run_training(
@@ -22,7 +24,7 @@ with job_logging(snakemake.log[0], "heatedasc.train") as log:
         model_cfg=dict(snakemake.params.model),
         loss_cfg=dict(snakemake.params.loss),
         train_cfg=dict(snakemake.params.train),
-        threads=snakemake.threads,
+        threads=cpu["threads"],  # cpu.threads, never the machine's cores
         progress=show_progress(),
     )
     record_job(snakemake, "train")
