@@ -59,7 +59,9 @@ def probe(threads: int) -> dict:
 
     from heatedasc.dsp import mel_filterbank
     from heatedasc.features import LogMelExtractor
+    from heatedasc.losses import heated_softmax, make_loss
     from heatedasc.model import ASCNet
+    from heatedasc.train import l2_penalty, make_optimizer
 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -104,17 +106,19 @@ def probe(threads: int) -> dict:
 
     torch.manual_seed(0)
     model = ASCNet(n_classes=10, bn_momentum_keras=0.9)
-    opt = torch.optim.Adadelta(model.parameters(), lr=0.5, rho=0.95, eps=1e-7)
+    opt = make_optimizer(model, {"lr": 0.5, "rho": 0.95, "eps": 1e-7})
+    loss_fn = make_loss("focal", temperature=10.0)
     xb = torch.from_numpy(rng.standard_normal((8, 1, 64, 44)).astype(np.float32))
-    yb = torch.from_numpy(rng.integers(0, 10, 8))
+    yb = torch.nn.functional.one_hot(torch.from_numpy(rng.integers(0, 10, 8)), 10).float()
     with torch.no_grad():
         out["conv2d forward (oneDNN)"] = _h(model.blocks[0][0](xb))
+        out["heated softmax (project)"] = _h(heated_softmax(model(xb), 10.0))
     for _ in range(3):
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        loss = loss_fn(model(xb), yb) + l2_penalty(model, 1e-5)
         loss.backward()
         opt.step()
-    out["3 training steps (CNN)"] = _h(*[p.detach() for p in model.parameters()], *model.buffers())
+    out["3 training steps (project)"] = _h(*[p.detach() for p in model.parameters()], *model.buffers())
     return out
 
 
