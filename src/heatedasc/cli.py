@@ -205,10 +205,10 @@ def build_parser() -> Parser:
         "compare", help="say whether the results reproduce the committed reference",
         description="Compare results/metrics.json with the reference the repository carries (by default the "
         "file as git's HEAD has it) and print one verdict: identical (every number to the last digit: expected "
-        "wherever the run was pinned, cpu.kernels avx2, and trained on a CPU whose libraries honoured the pin), "
-        "within the demo's resolution (where identity is not expected: cpu.kernels native, a GPU, or MKL unpinned "
-        "on a non-Intel CPU; every accuracy within 3 standard errors of a retrained model on its test clips, at "
-        "least one clip), or different (exit status 3), listing every number that differs.",
+        "wherever the runs were pinned, cpu.kernels avx2, and trained on a CPU with AVX2), within the demo's "
+        "resolution (where identity is not expected: cpu.kernels native or a GPU; every accuracy within 3 standard "
+        "errors of a retrained model on its test clips, at least one clip), or different (exit status 3), listing "
+        "every number that differs.",
     )
     p.add_argument("--results", default="results", help="the results folder (default: results)")
     p.add_argument("--reference", default="git:HEAD",

@@ -4,7 +4,7 @@ numpy, OpenBLAS, torch (ATen), oneDNN and MKL use — so CPU outputs are the sam
 Each library picks its kernels at load time from the CPU it finds (AVX-512 here, AVX2 there), and the kernels
 round differently; thread counts change the order of reductions. Config key ``cpu`` (params.yaml):
 
-* ``cpu.kernels: avx2`` (default) — every library held at the AVX2 level, which any x86-64 CPU with AVX2 runs;
+* ``cpu.kernels: avx2`` (default) — every library held at its AVX2 kernels, which any x86-64 CPU with AVX2 runs;
   ``cpu.kernels: native`` — no pinning: each library's fastest kernels for this CPU (results differ by CPU);
 * ``cpu.threads`` — the math threads of every job (torch intra-op, MKL, OpenBLAS, OpenMP), never the machine's
   core count. The feature stages spread whole clips over the job's cores on top (results do not depend on that).
@@ -14,25 +14,35 @@ Two steps, because the switches are environment variables that a library reads o
 1. ``environment(cfg)`` — the variables to set before numpy or torch load. The Snakefile puts them into its own
    environment at parse time; every job (a fresh Python process, or a SLURM job) inherits them.
 2. ``apply(cfg)`` — at the start of every job: sets the thread counts, then checks what each library actually
-   runs (a mismatch is a PinningError naming the variable) and returns those settings for the job's provenance.
+   runs (a mismatch is a PinningError naming the variable) and keeps the settings for the job's provenance
+   (record(), which provenance.record_job writes: the pinned settings into the stable record, what the
+   libraries reported into the volatile one).
 
-The variables, each checked against its library's documentation and measured (benchmarks/cpu_kernels.py):
+The variables, each checked against its library's documentation and measured (benchmarks/cpu_kernels.py,
+benchmarks/cpu_spread.py):
 
 * ``ATEN_CPU_CAPABILITY=avx2`` — torch's ATen vector kernels (default | avx2 | avx512); an invalid value is only
   a warning, so apply() reads torch.backends.cpu.get_cpu_capability().
-* ``ONEDNN_MAX_CPU_ISA=AVX2`` — the ISA ceiling of oneDNN's JIT kernels (torch's CPU convolutions); it wins over
-  the older DNNL_MAX_CPU_ISA. Read back from oneDNN's verbose header ("isa:Intel AVX2").
-* ``MKL_CBWR=AVX2`` — MKL's conditional numerical reproducibility (torch's CPU FFT and float32 GEMM are MKL's):
-  the AVX2 code branch with fixed cache sizes and deterministic reductions, given a fixed thread count
-  (``MKL_NUM_THREADS``, ``MKL_DYNAMIC=FALSE``). Read back from MKL's verbose line ("CNR:AVX2"). MKL documents
-  that on non-Intel CPUs only AUTO and COMPATIBLE are honoured: see KERNELS below.
-* ``NPY_ENABLE_CPU_FEATURES=X86_V3`` — numpy (2.4: dispatch targets X86_V3 X86_V4 AVX512_ICL AVX512_SPR above
-  the X86_V2 baseline) dispatches to AVX2/FMA3 kernels only; an unknown name is only an ImportWarning, so apply()
-  reads numpy's __cpu_features__. NPY_DISABLE_CPU_FEATURES must be unset (numpy refuses both), so it is emptied.
-* ``OPENBLAS_CORETYPE=Haswell`` — the kernels of numpy's bundled OpenBLAS (DYNAMIC_ARCH); read back with
-  threadpoolctl.
-* ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` = cpu.threads, ``MKL_DYNAMIC``/``OMP_DYNAMIC``
-  = FALSE (MKL's reproducibility conditions).
+* ``ONEDNN_MAX_CPU_ISA=AVX2`` — the ISA ceiling of oneDNN's JIT kernels (torch's CPU convolutions, torchaudio's
+  resampler); it wins over the older DNNL_MAX_CPU_ISA. Read back from oneDNN's verbose header ("isa:Intel AVX2").
+* ``MKL_CBWR=AVX2`` (+ ``MKL_ENABLE_INSTRUCTIONS=AVX2``) — MKL's conditional numerical reproducibility, given a
+  fixed thread count (``MKL_DYNAMIC=FALSE``). Read back from MKL's verbose line ("CNR:AVX2"). MKL documents that a
+  non-Intel CPU honours only AUTO and COMPATIBLE (measured under QEMU's EPYC-Rome: CNR:AUTO, and torch's CPU
+  FFT/GEMM give other bits), and its COMPATIBLE branch computes sqrt with rsqrtps, whose result is the
+  processor's own approximation. So the pipeline does not use MKL on the CPU at all: the CPU feature path is
+  numpy/scipy (heatedasc.dsp), CPU training avoids torch's GEMM, exp and sqrt (heatedasc.model, .losses,
+  .train). On a non-Intel CPU apply() accepts CNR:AUTO with a note.
+* ``NPY_ENABLE_CPU_FEATURES=X86_V3`` — numpy 2.4 dispatches (targets X86_V3 X86_V4 AVX512_ICL AVX512_SPR above the
+  X86_V2 baseline) to its AVX2/FMA3 kernels only: its float64 exp/log use SVML on X86_V4 and libm below. An
+  unknown name is only an ImportWarning, so apply() reads numpy's __cpu_features__; NPY_DISABLE_CPU_FEATURES
+  must be unset (numpy refuses both), so it is emptied.
+* ``OPENBLAS_CORETYPE=Haswell`` — the kernels of numpy's bundled OpenBLAS (DYNAMIC_ARCH; the features' mel
+  product); read back with threadpoolctl.
+* ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` = cpu.threads and ``MKL_DYNAMIC``/``OMP_DYNAMIC``
+  = FALSE. Snakemake sets a job's *_NUM_THREADS to the job's threads, so apply() sets the counts at run time.
+
+What the pin cannot cover: a CPU without AVX2 (numpy refuses X86_V3 at import, apply() stops on torch's
+DEFAULT); other package versions or another libm (glibc) than the lock's environment.
 """
 
 from __future__ import annotations
@@ -177,8 +187,8 @@ def apply(cpu_cfg: Mapping | None) -> dict:
 
     PinningError names the variable when the process did not get the pinned environment before its libraries
     loaded (e.g. a script started outside the workflow) or a library runs other kernels than pinned. One
-    documented exception is accepted with a warning: MKL on a non-Intel CPU, which honours only MKL_CBWR AUTO
-    or COMPATIBLE and so runs AUTO (the CPU stages do not use MKL; CPU training does).
+    documented exception is accepted with a note: MKL on a non-Intel CPU, which honours only MKL_CBWR AUTO
+    or COMPATIBLE and so runs AUTO (the pipeline does not use MKL on the CPU).
     """
     cfg = settings(cpu_cfg)
     wanted = environment(cfg)
@@ -209,8 +219,7 @@ def apply(cpu_cfg: Mapping | None) -> dict:
             notes.append(
                 f"MKL runs CNR:AUTO although MKL_CBWR={os.environ.get('MKL_CBWR')}: MKL honours only AUTO and "
                 "COMPATIBLE on non-Intel CPUs, so torch's CPU FFT, GEMM and sqrt/log/exp (MKL) round differently "
-                "here than on Intel CPUs; this job's outputs match Intel's only if it does not use them "
-                "(the CPU stages do not; CPU training does)"
+                "here than on Intel CPUs; the pipeline's CPU stages and CPU training do not use them"
             )
             continue
         problems.append(f"{lib} runs {found.get(lib)!r}, expected {value!r} (set by {VARIABLE[lib]})")
