@@ -111,11 +111,12 @@ def _qemu_python(workdir: Path, cpu: str) -> Path:
     return wrapper
 
 
-def run_pipeline(workdir: Path, *, setting: str, kernels: str, size: str, cores: int, target: str) -> float:
+def run_pipeline(workdir: Path, *, setting: str, kernels: str, size: str, cores: int, target: str,
+                 threads: int = 1) -> float:
     workdir.mkdir(parents=True, exist_ok=True)
     override: dict = json.loads(json.dumps(TINY)) if size == "tiny" else {}
     override.setdefault("data", {})["root"] = "data/synthetic"  # relative to the workdir: no path in any output
-    override["cpu"] = {"kernels": kernels, "threads": 1}
+    override["cpu"] = {"kernels": kernels, "threads": threads}
     (workdir / "override.yaml").write_text(yaml.safe_dump(override))
     configs = [str(REPO / "params.yaml")] + ([str(REPO / "config" / "smoke.yaml")] if size == "demo" else [])
     env = {**os.environ, **EMULATE[setting]}
@@ -161,6 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kernels", nargs="+", default=["avx2", "native"], choices=("avx2", "native"))
     ap.add_argument("--settings", nargs="+", default=["native", "avx2", "sse", "1core"], choices=list(EMULATE))
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="cpu.threads of every run")
     ap.add_argument("--target", default="all", help="Snakemake target (e.g. features_all for the CPU stages)")
     ap.add_argument("--no-repeat", action="store_true", help="skip the bit-exactness repeat of the first setting")
     args = ap.parse_args(argv)
@@ -174,7 +176,7 @@ def main(argv=None) -> int:
             if workdir.exists():
                 shutil.rmtree(workdir)
             seconds[name] = run_pipeline(workdir, setting=setting, kernels=kernels, size=args.size,
-                                         cores=args.cores, target=args.target)
+                                         cores=args.cores, target=args.target, threads=args.threads)
             hashes[name] = stage_hashes(workdir)
             summary = workdir / "results" / "metrics.json"
             metrics[name] = json.loads(summary.read_text()) if summary.is_file() else None
