@@ -7,6 +7,7 @@
 from snakemake.logging import logger
 from snakemake.utils import min_version
 
+from heatedasc import pinning
 from heatedasc.config import hidden_edits, validate_config
 from heatedasc.currency import Currency
 from heatedasc.ownership import check_data_root
@@ -27,6 +28,9 @@ container: "heatedasc.sif"
 validate_config(config)  # the project's one loader: schema + cross-key checks (heatedasc.config)
 for problem in hidden_edits([os.path.join(workflow.basedir, "params.yaml"), *workflow.overwrite_configfiles]):
     logger.warning(f"warning: {problem}")  # DVC's config stage refuses these; a plain run only warns
+# CPU kernels and threads (heatedasc.pinning): set before any job starts, so each job's numpy and torch load with
+# them (jobs, local or SLURM, inherit this environment); each job checks them (heatedasc.job.run_job)
+os.environ.update(pinning.environment(config["cpu"]))
 # before any job (and in `snakemake -n`): never plan to overwrite a dataset the generator did not write, and never
 # plan from a data root that is not there
 check_data_root(config["data"]["root"], synth_enabled=config["synth"]["enabled"])

@@ -20,6 +20,13 @@ end to end (wav file → log-mel), features only (waveforms already in memory) a
     python benchmarks/bench_features.py                       # 48 clips, 2 threads
     python benchmarks/bench_features.py --clips 64 --repeats 3
     python benchmarks/bench_features.py --device cuda --batch-size 64   # batched extraction on a GPU
+
+What pinning costs (heatedasc.pinning): ``--kernels avx2 native`` runs the project's side alone in one fresh
+process per setting (the pinned environment must be in place before numpy and torch load), interleaved,
+``--repeats`` times each, and prints clips/s and the ratio to the first setting; ``--baseline-src DIR`` adds
+another checkout's src/ (e.g. the code before a change) run unpinned.
+
+    python benchmarks/bench_features.py --kernels avx2 native --repeats 3
 """
 
 from __future__ import annotations
@@ -149,16 +156,82 @@ def _rate(fn, n: int) -> tuple[float, object]:
     return n / (time.perf_counter() - t0), result
 
 
+def project_only(args) -> None:
+    """The project's end-to-end and features-only rates in this process, as one JSON line (--project-only)."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from heatedasc.tau import DEVICES
+
+    torch.set_num_threads(args.threads)
+    coefficients = make_coefficients(DEVICES)
+    with tempfile.TemporaryDirectory(prefix="bench_features-") as tmp:
+        clips = write_clips(Path(tmp), args.clips, DEVICES)
+        project = Project(coefficients, args.batch_size, args.device)
+        project.end_to_end(clips[: min(len(clips), args.batch_size)])  # warm-up
+        waves = [project.load(p) for p, _ in clips]
+        end, out = _rate(lambda: project.end_to_end(clips), len(clips))
+        feat, _ = _rate(lambda: project.features(waves, [d for _, d in clips]), len(clips))
+        digest = __import__("hashlib").sha256(np.concatenate([o[None] for o in out]).tobytes()).hexdigest()[:12]
+    print(json.dumps({"end": end, "feat": feat, "sha256": digest}))
+
+
+def compare_kernels(args) -> None:
+    """Each cpu.kernels setting (and --baseline-src) in fresh processes, interleaved; best rate of each."""
+    import json
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "src"))
+    from heatedasc.pinning import environment
+
+    settings = [(k, str(repo / "src"), environment({"kernels": k, "threads": 1})) for k in args.kernels]
+    if args.baseline_src:
+        settings.append(("baseline", str(Path(args.baseline_src).resolve()), {}))
+    base_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    cmd = [sys.executable, __file__, "--project-only", "--clips", str(args.clips), "--threads", str(args.threads),
+           "--batch-size", str(args.batch_size), "--device", args.device]
+    best: dict[str, dict] = {}
+    for r in range(args.repeats):
+        for name, src, env in (settings if r % 2 == 0 else settings[::-1]):
+            proc = subprocess.run(cmd, env={**base_env, **env, "PYTHONPATH": src}, capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"{name}: {proc.stderr[-2000:]}")
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            old = best.setdefault(name, res)
+            old["end"], old["feat"] = max(old["end"], res["end"]), max(old["feat"], res["feat"])
+            print(f"  run {r + 1} {name}: end-to-end {res['end']:.1f}, features {res['feat']:.1f} clips/s", flush=True)
+    first = settings[0][0]
+    print(f"\nclips={args.clips} x 10 s @ 44.1 kHz, 256 mel  threads={args.threads}  batch={args.batch_size}  "
+          f"best of {args.repeats}; ratio = {first} time / setting time")
+    print(f"{'setting':<12} {'end to end clips/s':>19} {'ratio':>7} {'features clips/s':>17} {'ratio':>7}  output sha256")
+    for name, _, _ in settings:
+        b = best[name]
+        print(f"{name:<12} {b['end']:>19.1f} {best[first]['end'] / b['end']:>6.2f}x {b['feat']:>17.1f} "
+              f"{best[first]['feat'] / b['feat']:>6.2f}x  {b['sha256']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=16, help="clips per extractor call (params features.batch_size)")
+    ap.add_argument("--batch-size", type=int, default=16, help="clips per extractor call (execution.features.batch_size)")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best rate of each is kept")
     ap.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
-                    help="where the project's extractor runs (features.device); librosa always runs on the CPU")
+                    help="where the project's extractor runs (execution.features.device); librosa always runs on the CPU")
+    ap.add_argument("--kernels", nargs="+", choices=("avx2", "native"),
+                    help="what pinning costs: the project's side under each cpu.kernels, in fresh processes")
+    ap.add_argument("--baseline-src", help="with --kernels: also run this src/ folder unpinned (e.g. older code)")
+    ap.add_argument("--project-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.kernels:
+        return compare_kernels(args)
     _set_threads(args.threads)
+    if args.project_only:
+        return project_only(args)
     import numpy as np
     import torch
 

@@ -26,7 +26,7 @@ def venv_env() -> dict:
 # `--dist loadfile --no-loadscope-reorder`, which hands out files in collection order: starting the long ones first
 # keeps both workers busy to the end instead of leaving one long file to run alone. The SLURM sweep goes first: it
 # is the longest and mostly waits for the scheduler, so the other worker's CPU-bound files fill that time.
-SLOW_FIRST = ("test_slurm.py", "test_workflow.py", "test_dvc.py", "test_data_safety.py")
+SLOW_FIRST = ("test_slurm.py", "test_workflow.py", "test_dvc.py", "test_data_safety.py", "test_cpu_identity.py")
 
 
 def pytest_collection_modifyitems(config, items):

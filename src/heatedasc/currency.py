@@ -238,11 +238,13 @@ def _slug(text: str) -> str:
 class Currency:
     """Decisions about the jobs of one Snakemake workflow, made once per job and process."""
 
-    def __init__(self, workflow, config: Mapping, expected_cpu: Mapping | None = None):
+    def __init__(self, workflow, config: Mapping):
+        from heatedasc.pinning import recorded
+
         self.workflow = workflow
         self.config = config
         self.data_root = config.get("data", {}).get("root")
-        self.expected_cpu = expected_cpu
+        self.expected_cpu = recorded(config.get("cpu"))  # every job runs under these (heatedasc.job)
         self.decisions: dict[tuple, Decision] = {}
         self._producers: dict[str, tuple[str, dict]] | None = None
         self._deciding: set[tuple] = set()

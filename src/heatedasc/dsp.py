@@ -10,56 +10,94 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
+import scipy.fft
 import torch
 
 # ------------------------------------------------------------------------------------------ threads
-# CPU work is done one clip at a time, in blocks of FRAME_BLOCK frames, with clips spread over a pool
-# of torch.get_num_threads() Python threads that each run torch single-threaded (torch releases the GIL).
-# Measured on a 2-core box (benchmarks/bench_features.py): torch's CPU rfft is ~8x faster on 128-frame
-# blocks than on one 1,724-frame call (the frames stay in cache), and whole clips per thread need no
-# OpenMP barrier per op, which keeps throughput up when the cores are shared with other jobs.
-# A clip's numbers depend only on the clip (never on the batch, the pool size or the chunking).
+# CPU work is done one clip at a time, in blocks of FRAME_BLOCK frames, with clips spread over a pool of Python
+# threads (numpy and scipy release the GIL). The pool has clip_workers() threads: the job's cores
+# (set_clip_workers, by the feature jobs), else torch.get_num_threads(). Inside a clip every library runs
+# single-threaded, so a clip's numbers depend only on the clip: never on the batch, the pool size, the chunking
+# or the machine's core count.
+# Measured on a 2-core box (benchmarks/bench_features.py): an FFT is several times faster on 128-frame blocks
+# than on one 1,724-frame call (the frames stay in cache), and whole clips per thread need no barrier per op.
 FRAME_BLOCK = 128
+_CLIP_WORKERS: list[int] = []
+
+
+def set_clip_workers(n: int | None) -> None:
+    """Threads of the per-clip pool (None: torch.get_num_threads()). Results do not depend on it."""
+    _CLIP_WORKERS[:] = [] if n is None else [max(1, int(n))]
+
+
+def clip_workers() -> int:
+    return _CLIP_WORKERS[0] if _CLIP_WORKERS else max(1, torch.get_num_threads())
 
 
 @contextlib.contextmanager
 def clip_pool() -> Iterator:
-    """Yield ``run(fn, items) -> list`` that maps ``fn`` over ``items`` with single-threaded torch."""
-    n_threads = max(1, torch.get_num_threads())
-    if n_threads == 1:
-        yield lambda fn, items: [fn(i) for i in items]
-        return
+    """Yield ``run(fn, items) -> list`` that maps ``fn`` over ``items`` on clip_workers() threads, with every
+    BLAS single-threaded meanwhile (numpy's OpenBLAS; torch's own threads are set per worker)."""
+    n_threads = clip_workers()
+    with _single_threaded_blas():
+        if n_threads == 1:
+            yield lambda fn, items: [fn(i) for i in items]
+            return
 
-    def worker_init() -> None:
-        torch.set_num_threads(1)  # this thread's OpenMP/MKL setting (torch also stores it as the default)
+        torch_threads = torch.get_num_threads()
 
+        def worker_init() -> None:
+            torch.set_num_threads(1)  # this thread's OpenMP/MKL setting (torch also stores it as the default)
+
+        try:
+            with ThreadPoolExecutor(n_threads, initializer=worker_init, thread_name_prefix="heatedasc-clip") as pool:
+                yield lambda fn, items: list(pool.map(fn, items))
+        finally:
+            torch.set_num_threads(torch_threads)  # restore the process-wide default the workers overwrote
+
+
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
     try:
-        with ThreadPoolExecutor(n_threads, initializer=worker_init, thread_name_prefix="heatedasc-clip") as pool:
-            yield lambda fn, items: list(pool.map(fn, items))
-    finally:
-        torch.set_num_threads(n_threads)  # restore the process-wide default the workers overwrote
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # then OPENBLAS_NUM_THREADS (heatedasc.pinning) is all there is
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
 
 
 # --------------------------------------------------------------------------------------------- STFT
+# The CPU path computes with numpy and scipy only, never with torch's MKL: torch's CPU FFT, float32 GEMM and
+# its sqrt/log (MKL VML) follow MKL's reproducibility branch (MKL_CBWR) only on Intel CPUs (MKL documents that a
+# non-Intel CPU runs the AUTO branch; measured with benchmarks/cpu_kernels.py under an emulated AMD CPU), so
+# they would give other bits on AMD. Here: scipy.fft's pocketfft (compiled once, no run-time CPU dispatch),
+# |X| = sqrt(re² + im²) from correctly rounded IEEE operations (the same bits on every CPU), and — pinned by
+# heatedasc.pinning — numpy's OpenBLAS for the mel product and numpy's log. Accelerators keep torch.
+def hann_window(n_fft: int) -> np.ndarray:
+    """Periodic Hann window (float32), 0.5 − 0.5·cos(2πn/N), evaluated in float64 with numpy."""
+    n = np.arange(n_fft, dtype=np.float64)
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)).astype(np.float32)
+
+
 def stft_magnitude(waves: torch.Tensor, *, n_fft: int, hop_length: int, remove_dc: bool) -> torch.Tensor:
     """Magnitude STFT of a batch of waveforms [B, S] -> [B, n_fft//2 + 1, T].
 
     Same numbers as ``torch.stft(center=True, pad_mode="reflect", window=hann(periodic)).abs()`` (to
-    float32 rounding), computed per clip with ``unfold`` + ``torch.fft.rfft`` on blocks of frames and
-    a real sqrt(re² + im²), because that is much faster on CPU.
+    float32 rounding), computed per clip on blocks of frames (magnitude_blocks) on the CPU.
     """
     if waves.ndim != 2:
         raise ValueError(f"stft_magnitude expects waves of shape [B, S], got {tuple(waves.shape)}")
     if waves.device.type != "cpu":
         return magnitude_frames(waves, n_fft=n_fft, hop_length=hop_length, remove_dc=remove_dc).transpose(1, 2)
     frames = stft_frame_count(waves.shape[1], n_fft, hop_length)
-    out = waves.new_empty(waves.shape[0], frames, n_fft // 2 + 1)
-    window = torch.hann_window(n_fft, periodic=True, dtype=waves.dtype)
+    out = waves.new_empty(waves.shape[0], frames, n_fft // 2 + 1, dtype=torch.float32)
+    out_np, waves_np = out.numpy(), waves.detach().to(torch.float32).numpy()
+    window = hann_window(n_fft)
 
     def one(i: int) -> None:
-        with torch.inference_mode():  # thread-local: the pool threads need their own
-            for s, blk in magnitude_blocks(waves[i], window, hop_length, remove_dc):
-                out[i, s : s + len(blk)] = blk
+        for s, blk in magnitude_blocks(waves_np[i], window, hop_length, remove_dc):
+            out_np[i, s : s + len(blk)] = blk
 
     with clip_pool() as run:
         run(one, range(waves.shape[0]))
@@ -74,18 +112,23 @@ def stft_frame_count(n_samples: int, n_fft: int, hop_length: int) -> int:
 
 
 def magnitude_blocks(
-    wave: torch.Tensor, window: torch.Tensor, hop_length: int, remove_dc: bool
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """(first frame, |STFT| [b, F]) for blocks of FRAME_BLOCK frames of one waveform [S] (the CPU path)."""
+    wave: np.ndarray | torch.Tensor, window: np.ndarray, hop_length: int, remove_dc: bool
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(first frame, |STFT| [b, F] float32) for blocks of FRAME_BLOCK frames of one CPU waveform [S]."""
+    wave = wave.detach().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+    wave = wave.astype(np.float32, copy=False)
     n_fft = window.shape[0]
+    stft_frame_count(wave.shape[0], n_fft, hop_length)
     if remove_dc:
-        wave = wave - wave.mean()
-    padded = torch.nn.functional.pad(wave[None, None], (n_fft // 2, n_fft // 2), mode="reflect")[0, 0]
-    frames = padded.unfold(0, n_fft, hop_length)  # [T, n_fft], a view
+        wave = wave - np.float32(wave.mean(dtype=np.float64))
+    padded = np.pad(wave, n_fft // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]  # [T, n_fft], a view
     for s in range(0, frames.shape[0], FRAME_BLOCK):
-        spectrum = torch.view_as_real(torch.fft.rfft(frames[s : s + FRAME_BLOCK] * window, n=n_fft, dim=-1))
-        real, imag = spectrum[..., 0], spectrum[..., 1]
-        yield s, torch.addcmul(real * real, imag, imag).sqrt_()  # ~3x faster than complex abs() on CPU
+        spectrum = scipy.fft.rfft(frames[s : s + FRAME_BLOCK] * window, n=n_fft, axis=-1, workers=1)
+        real, imag = spectrum.real, spectrum.imag
+        power = real * real
+        power += imag * imag
+        yield s, np.sqrt(power, out=power)
 
 
 def magnitude_frames(waves: torch.Tensor, *, n_fft: int, hop_length: int, remove_dc: bool) -> torch.Tensor:

@@ -55,7 +55,7 @@ STAGES = (
         "synthesize",
         "The synthetic TAU-layout set. With synth.enabled false (a real dataset elsewhere) the generator writes "
         "nothing; the empty folder keeps this output defined, so the paper config runs on a fresh clone too.",
-        target="synthetic_data", scripts=("synthesize",), rules=("data",), params=("synth", "data.root"),
+        target="synthetic_data", scripts=("synthesize",), rules=("data",), params=("synth", "data.root", "cpu"),
         outs=("data/synthetic",),
     ),
     Stage(
@@ -65,14 +65,15 @@ STAGES = (
         scripts=("prepare", "mean_spectra", "coefficients", "coefficient_plot", "feature_stats", "features"),
         rules=("data", "coefficients", "features"), data_deps=("data",),
         params=("data", "correction", "features", "sweep.correction",
-                "train.selection", "train.holdout_fraction", "train.holdout_seed"),  # the holdout is never fitted
+                "train.selection", "train.holdout_fraction", "train.holdout_seed",  # the holdout is never fitted
+                "cpu"),  # kernels and threads of every job (heatedasc.pinning)
         outs=("results/prepared", "results/coefficients", "results/features"),
     ),
     Stage(
         "train",
         "Every training run of the grid (GPU jobs on a cluster).",
         target="train_all", scripts=("train",), rules=("train",),
-        data_deps=("results/features", "results/coefficients"), params=("model", "loss", "train", "sweep"),
+        data_deps=("results/features", "results/coefficients"), params=("model", "loss", "train", "sweep", "cpu"),
         outs=("results/runs",),
     ),
     Stage(

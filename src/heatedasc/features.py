@@ -20,7 +20,15 @@ from tqdm import tqdm
 from heatedasc.audio import audio_path, read_wave
 from heatedasc.codedeps import module_closure_digest
 from heatedasc.correction import load_coefficients
-from heatedasc.dsp import clip_pool, magnitude_blocks, magnitude_frames, mel_band_runs, mel_filterbank, stft_frame_count
+from heatedasc.dsp import (
+    clip_pool,
+    hann_window,
+    magnitude_blocks,
+    magnitude_frames,
+    mel_band_runs,
+    mel_filterbank,
+    stft_frame_count,
+)
 from heatedasc.feature_cache import INDEX_COLUMNS, SHARD_BATCHES, ShardedCacheWriter, cache_key, write_index
 from heatedasc.hashing import digest
 from heatedasc.runtime import resolve_device
@@ -72,6 +80,9 @@ class LogMelExtractor(torch.nn.Module):
         self.band_runs = mel_band_runs((mel != 0).numpy())  # the pattern c_d cannot widen
         # Accelerator path only: clips per batched call. The CPU path works one clip at a time.
         self.cpu_chunk_clips = int(cpu_chunk_clips)
+        self._cpu_window = hann_window(self.n_fft)
+        self._cpu_bands: list | None = None
+        self._cpu_runs()  # built now, before pool threads share the extractor
 
     def n_frames(self, n_samples: int) -> int:
         """Frames of a centred STFT of ``n_samples`` samples (862 for 10 s at 44.1 kHz, hop 512)."""
@@ -123,22 +134,32 @@ class LogMelExtractor(torch.nn.Module):
     def clip_log_mel(self, wave: torch.Tensor, device_index: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Log-mel [n_mels, T] of one CPU waveform [S] with filterbank ``device_index`` (CPU path).
 
-        Frames are processed in blocks of FRAME_BLOCK; the mel product is a few dense products over
-        the filterbank's band runs. Runs with the caller's torch thread settings (the pool sets 1).
+        Frames are processed in blocks of FRAME_BLOCK; the mel product is a few dense products over the
+        filterbank's band runs. numpy and scipy only (heatedasc.dsp: no MKL), single-threaded per clip.
         """
         wave = torch.as_tensor(wave, dtype=torch.float32)
         if out is None:
             out = wave.new_empty(self.n_mels, self.n_frames(wave.shape[0]))
-        bank = self.filterbanks[int(device_index)]  # [F, n_mels]
-        runs = [(m0, m1, bank[f0:f1, m0:m1]) for m0, m1, f0, f1 in self.band_runs]
-        window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float32)
-        with torch.inference_mode():  # thread-local: the pool threads need their own
-            for s, magnitude in magnitude_blocks(wave, window, self.hop_length, self.remove_dc):
-                mel = magnitude.new_empty(magnitude.shape[0], self.n_mels)  # [b, n_mels]
-                for (m0, m1, weights), (_, _, f0, f1) in zip(runs, self.band_runs):
-                    mel[:, m0:m1] = magnitude[:, f0:f1] @ weights
-                out[:, s : s + mel.shape[0]] = mel.add_(self.log_offset).log_().T
+        runs = self._cpu_runs()[int(device_index)]
+        out_np = out.numpy()
+        offset = np.float32(self.log_offset)
+        for s, magnitude in magnitude_blocks(wave, self._cpu_window, self.hop_length, self.remove_dc):
+            mel = np.empty((magnitude.shape[0], self.n_mels), dtype=np.float32)  # [b, n_mels]
+            for m0, m1, f0, f1, weights in runs:
+                np.matmul(magnitude[:, f0:f1], weights, out=mel[:, m0:m1])
+            mel += offset
+            out_np[:, s : s + mel.shape[0]] = np.log(mel, out=mel).T
         return out
+
+    def _cpu_runs(self) -> list[list[tuple[int, int, int, int, np.ndarray]]]:
+        """Per device: (m0, m1, f0, f1, contiguous float32 weights [f1-f0, m1-m0]) of each band run."""
+        if self._cpu_bands is None:
+            banks = self.filterbanks.detach().cpu().numpy()
+            self._cpu_bands = [
+                [(m0, m1, f0, f1, np.ascontiguousarray(bank[f0:f1, m0:m1])) for m0, m1, f0, f1 in self.band_runs]
+                for bank in banks
+            ]
+        return self._cpu_bands
 
     def _forward_batched(self, waves: torch.Tensor, device_index: torch.Tensor) -> torch.Tensor:
         """Accelerator path: one batched STFT and a dense product per device."""
@@ -247,7 +268,7 @@ def make_extractor(
     """
     coefficients, _ = load_coefficients(coefficients_path)
     extractor = LogMelExtractor(sample_rate=sample_rate, coefficients=coefficients, devices=devices, **settings)
-    return extractor.to(resolve_device(device, "features.device"))
+    return extractor.to(resolve_device(device, "execution.features.device"))
 
 
 # ------------------------------------------------------------------------------------------ cache

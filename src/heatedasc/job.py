@@ -1,6 +1,7 @@
 """The one place every workflow job goes through: `with run_job(snakemake) as log:` in each adapter script.
 
-It sets up the job's log (its Snakemake `log:` file), and when the block succeeds it writes the job's records
+It sets up the job's log (its Snakemake `log:` file), puts the configured CPU kernels and threads in effect and
+checks them (heatedasc.pinning.apply), and when the block succeeds it writes the job's records
 (heatedasc.provenance): the stable one — the params, code, CPU kernels, inputs and outputs this very process
 used and wrote, by content — to the rule's `provenance` output, the volatile one beside the logs. Nothing of a
 record comes from planning: whatever any plan saw or decided, a job records what it ran.
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from heatedasc import pinning
 from heatedasc.fileio import DiskFullError, is_disk_full, write_json
 from heatedasc.logutil import job_logging
 from heatedasc.provenance import (
@@ -56,8 +58,10 @@ def named_paths(files, skip: tuple[str, ...]) -> dict[str, list[str]]:
     return named
 
 
-def write_records(smk, cpu: dict | None = None) -> dict:
-    """Write the job's stable record (its `provenance` output) and volatile record; return the stable one."""
+def write_records(smk) -> dict:
+    """Write the job's stable record (its `provenance` output) and volatile record; return the stable one.
+    The CPU settings are the ones pinning.apply put in effect in this process."""
+    cpu, cpu_seen = pinning.record()
     record_path = smk.output[RECORD_OUTPUT]
     data_root = smk.config.get("data", {}).get("root")
     stable = stable_record(
@@ -70,7 +74,8 @@ def write_records(smk, cpu: dict | None = None) -> dict:
         cpu=cpu,
         data_root=data_root,
     )
-    write_json(volatile_path(record_path), volatile_record(execution=smk.params.get(SPEED_ONLY)))
+    write_json(volatile_path(record_path),
+               volatile_record(execution=smk.params.get(SPEED_ONLY), extra={"cpu": cpu_seen}))
     write_json(record_path, stable)
     return stable
 
@@ -87,6 +92,7 @@ def run_job(smk) -> Iterator[logging.Logger]:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with job_logging(log_file, f"heatedasc.{smk.rule}") as log:
         try:
+            pinning.apply(smk.config.get("cpu"))  # CPU kernels and math threads (heatedasc.pinning), checked
             yield log
             write_records(smk)
         except OSError as exc:

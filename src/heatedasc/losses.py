@@ -23,8 +23,10 @@ def heated_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor
 
 
 def heated_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(z / T) along the class axis."""
-    return heated_log_softmax(logits, temperature).exp()
+    """softmax(z / T) along the class axis (ATen's softmax: torch's exp() on a CPU is MKL's, which rounds
+    differently on non-Intel CPUs; heatedasc.pinning)."""
+    _check_temperature(temperature)
+    return F.softmax(logits / temperature, dim=-1)
 
 
 def cross_entropy(logits: torch.Tensor, targets_soft: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -46,7 +48,7 @@ def focal_loss(
     target_prob: −(1 − q)^γ log q with q = Σ_j y_j p_j (base system's variant; equal for one-hot y).
     """
     log_p = heated_log_softmax(logits.float(), temperature)
-    p = log_p.exp()
+    p = heated_softmax(logits.float(), temperature)
     if form == "eq2":
         return -(((1.0 - p) ** gamma) * targets_soft * log_p).sum(dim=-1).mean()
     if form == "target_prob":

@@ -64,6 +64,11 @@ class ASCNet(nn.Module):
     def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (logits [N, n_classes], GAP embedding [N, C_last]) from one forward pass."""
         emb = self.features(x).mean(dim=(2, 3))
+        if emb.device.type == "cpu":
+            # Σ_j w_ij·e_j as ATen's own product and sum, not nn.Linear's MKL GEMM: MKL follows its reproducibility
+            # branch (heatedasc.pinning) only on Intel CPUs, so CPU training would round otherwise on AMD.
+            w, b = self.classifier.weight, self.classifier.bias
+            return (emb.unsqueeze(1) * w).sum(dim=2) + b, emb
         return self.classifier(emb), emb
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

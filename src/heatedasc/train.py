@@ -199,10 +199,47 @@ def mixup_batch(
     return lam_x * x + (1 - lam_x) * x[partner], lam_y * y + (1 - lam_y) * y[partner]
 
 
+class Adadelta(torch.optim.Adadelta):
+    """torch's Adadelta; on the CPU its square roots are ATen's rsqrt (1/√x from a correctly rounded √ and
+    division) instead of torch's sqrt, which on a CPU is MKL's and follows MKL_CBWR only on Intel CPUs
+    (heatedasc.pinning). The same update, u = g·√(d + ε)/√(a + ε), to float32 rounding; the same state."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        params = [p for group in self.param_groups for p in group["params"]]
+        if any(p.device.type != "cpu" for p in params) or any(
+            g["weight_decay"] or g["maximize"] or g.get("differentiable") for g in self.param_groups
+        ):
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, rho, eps = group["lr"], group["rho"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["acc_delta"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                grad, square_avg, acc_delta = p.grad, state["square_avg"], state["acc_delta"]
+                square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
+                # delta = g · √(d + ε) / √(a + ε) = g · rsqrt(a + ε) / rsqrt(d + ε)
+                delta = grad * square_avg.add(eps).rsqrt_()
+                delta.div_(acc_delta.add(eps).rsqrt_())
+                acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
+                p.add_(delta, alpha=-lr)
+        return loss
+
+
 def make_optimizer(model: torch.nn.Module, train_cfg: dict) -> torch.optim.Adadelta:
     """Adadelta with the Keras values of train_cfg (lr, rho, eps); weight decay is the separate Keras L2 term."""
-    return torch.optim.Adadelta(model.parameters(), lr=float(train_cfg["lr"]), rho=float(train_cfg["rho"]),
-                                eps=float(train_cfg["eps"]), weight_decay=0.0)
+    return Adadelta(model.parameters(), lr=float(train_cfg["lr"]), rho=float(train_cfg["rho"]),
+                    eps=float(train_cfg["eps"]), weight_decay=0.0)
 
 
 def make_plateau_scheduler(

@@ -1,7 +1,6 @@
 """Snakemake adapter: per-mel-bin standardisation statistics from the training split (float64 sums)."""
 
-import torch
-
+from heatedasc.dsp import set_clip_workers
 from heatedasc.feature_stats import compute_feature_stats, save_stats
 from heatedasc.features import make_extractor
 from heatedasc.job import run_job
@@ -9,7 +8,7 @@ from heatedasc.logutil import show_progress
 from heatedasc.tau import read_manifest, without_holdout
 
 with run_job(snakemake) as log:
-    torch.set_num_threads(snakemake.threads)
+    set_clip_workers(snakemake.threads)  # whole clips in parallel on the job's cores (no effect on results)
     p = snakemake.params
     extractor = make_extractor(snakemake.input.coefficients, sample_rate=p.sample_rate, devices=p.devices,
                                device=p.execution["device"], **p.extractor)

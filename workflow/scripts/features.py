@@ -1,7 +1,6 @@
 """Snakemake adapter: the standardised float16 log-mel cache of one (correction, split)."""
 
-import torch
-
+from heatedasc.dsp import set_clip_workers
 from heatedasc.feature_stats import load_stats
 from heatedasc.features import build_feature_cache, make_extractor
 from heatedasc.job import run_job
@@ -9,7 +8,7 @@ from heatedasc.logutil import show_progress
 from heatedasc.tau import read_manifest
 
 with run_job(snakemake) as log:
-    torch.set_num_threads(snakemake.threads)
+    set_clip_workers(snakemake.threads)  # whole clips in parallel on the job's cores (no effect on results)
     p = snakemake.params
     extractor = make_extractor(snakemake.input.coefficients, sample_rate=p.sample_rate, devices=p.devices,
                                device=p.execution["device"], **p.extractor)

@@ -1,14 +1,13 @@
 """Snakemake adapter: per-file mean magnitude spectra of the training triplets."""
 
-import torch
-
 from heatedasc.correction import compute_mean_spectra, save_mean_spectra
+from heatedasc.dsp import set_clip_workers
 from heatedasc.job import run_job
 from heatedasc.logutil import show_progress
 from heatedasc.tau import read_manifest, without_holdout
 
 with run_job(snakemake) as log:
-    torch.set_num_threads(snakemake.threads)
+    set_clip_workers(snakemake.threads)  # whole clips in parallel on the job's cores (no effect on results)
     p = snakemake.params
     manifest = without_holdout(read_manifest(snakemake.input.manifest), p.holdout)
     spectra = compute_mean_spectra(

@@ -23,7 +23,7 @@ with run_job(snakemake) as log:
         loss_cfg=dict(snakemake.params.loss),
         train_cfg=dict(snakemake.params.train),
         execution_cfg=dict(snakemake.params.execution),
-        threads=snakemake.threads,
+        threads=snakemake.config["cpu"]["threads"],  # cpu.threads (heatedasc.pinning), never the machine's cores
         progress=show_progress(),
     )
     log.info("%s T=%s %s seed %s: acc A %.3f, avg BC %.3f (best epoch %s, selection=%s)",

@@ -1,0 +1,90 @@
+"""Pinned kernels (heatedasc.pinning, cpu.kernels avx2): a tiny pipeline run as on two machines writes the same
+bytes in every CPU stage and every training run.
+
+Machine A is this CPU with two cores. Machine B has one core (taskset, --cores 1: one clip thread per feature
+job instead of two, Snakemake's *_NUM_THREADS 1 instead of 2), and an environment that asks every library for
+other kernels and threads — the ceilings a pre-AVX2 processor would impose (ATEN_CPU_CAPABILITY=default,
+ONEDNN_MAX_CPU_ISA=SSE41, numpy without X86_V3, OPENBLAS_CORETYPE=Nehalem, MKL_ENABLE_INSTRUCTIONS=SSE4_2)
+and other thread counts. Without pinning those settings change the outputs (benchmarks/cpu_spread.py); with it
+the Snakefile overrides them before any job starts, and each job checks what its libraries run.
+A real other CPUID (QEMU's Haswell and EPYC-Rome) is benchmarks/cpu_spread.py's qemu settings.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import REPO, venv_env
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from cpu_spread import stage_hashes  # noqa: E402
+
+TINY = {
+    "data": {"duration_s": 0.5},
+    "synth": {"enabled": True, "seed": 3, "clip_seconds": 0.5, "train_parallel_per_scene": 2,
+              "train_a_only_per_scene": 2, "evaluate_parallel_per_scene": 1, "evaluate_a_only_per_scene": 1},
+    "features": {"n_mels": 32},
+    "execution": {"features": {"batch_size": 16}},
+    "train": {"epochs": 1, "batch_size": 16},
+    "sweep": {"correction": ["ref_abc", "none"], "temperature": [1], "loss": ["focal"], "seed": [0]},
+    "report": {"fig2_temperatures": [1]},
+    "resources": {"train": {"cpus_per_task": 2}, "features": {"cpus_per_task": 2}, "default": {"cpus_per_task": 1}},
+    "cpu": {"kernels": "avx2", "threads": 1},
+}
+MACHINE_B = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+             "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR", "OPENBLAS_CORETYPE": "Nehalem",
+             "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "MKL_DYNAMIC": "TRUE"}
+
+
+def run_tiny(workdir, cores, env_extra=None, taskset=None):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"]["root"] = "data/synthetic"  # relative to the workdir: no path in any output
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "train_all", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--cores", str(cores),
+           "--configfile", str(REPO / "params.yaml"), str(workdir / "tiny.yaml")]
+    if taskset:
+        cmd = ["taskset", "-c", taskset, *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**venv_env(), **(env_extra or {})}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+
+
+def cpu_records(workdir):
+    """{record: (stable cpu entry, what the libraries reported)} of every job."""
+    out = {}
+    for f in sorted((workdir / "results").rglob("*provenance.json")):
+        rel = f.relative_to(workdir)
+        volatile = json.loads((workdir / "logs" / "provenance" / rel).read_text())
+        out[rel.as_posix()] = (json.loads(f.read_text())["cpu"], volatile["cpu"]["in_effect"])
+    return out
+
+
+@pytest.mark.workflow
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
+def test_pinned_cpu_stages_and_training_are_identical_on_two_emulated_machines(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    run_tiny(a, cores=2)
+    run_tiny(b, cores=1, env_extra=MACHINE_B, taskset="0")
+
+    ha, hb = stage_hashes(a), stage_hashes(b)
+    assert set(ha) == {"synthesize", "prepare", "coefficients", "features", "runs"}
+    assert len(ha["features"]) == 2 * (2 * 2 + 1) and len(ha["runs"]) == 2 * 5  # per correction: 2 x (.npy, .csv), stats
+    for stage in ha:
+        differ = sorted(k for k in set(ha[stage]) | set(hb[stage]) if ha[stage].get(k) != hb[stage].get(k))
+        assert not differ, f"{stage}: {len(differ)} of {len(ha[stage])} files differ, e.g. {differ[:3]}"
+
+    # every job pinned alike, and its libraries reported the pinned kernels and one thread on both machines
+    ra, rb = cpu_records(a), cpu_records(b)
+    assert ra.keys() == rb.keys() and len(ra) >= 12
+    for record, (stable, found) in ra.items():
+        assert rb[record][0] == stable and stable["kernels"] == "avx2" and stable["threads"] == 1, record
+        b_found = rb[record][1]
+        for found_here in (found, b_found):
+            assert found_here["torch"] == "AVX2" and found_here["numpy"] == "X86_V3", record
+            assert found_here["onednn"] == "Intel AVX2" and found_here["openblas"] == "Haswell", record
+            assert found_here["torch_threads"] == found_here["mkl_threads"] == found_here["openblas_threads"] == 1
