@@ -1,13 +1,14 @@
 # The two commands of the README:
 #   make demo   - install everything, then run the whole DAG on the synthetic demo (dvc repro)
 #   make test   - install everything, then the guard rails (make lint) and the whole test suite
-# Also: make lint, make test-fast (the unit tests, no workflow runs: about a minute), make pull, make clean-results
+# Also: make lint, make test-fast (the unit tests, no workflow runs: about a minute), make pull, make clean-results,
+#   make mutants (mutation testing of the numeric core; not in CI, long: MODULES="losses correction" for some)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint pull clean-results
+.PHONY: setup demo test test-fast lint pull clean-results mutants
 
 setup: $(STAMP)
 
@@ -43,6 +44,10 @@ test: setup lint
 	   tools/local-slurm.sh start && started=1; fi; \
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=10; \
 	rc=$$?; if [ -n "$$started" ]; then tools/local-slurm.sh stop; fi; exit $$rc
+
+# Mutation testing (tools/mutants.py): a score per module, every survivor explained or listed. Not part of CI.
+mutants: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/mutants.py $(MODULES)
 
 # Results from a DVC remote: DVC alone (its pinned versions from requirements.lock), not the whole environment
 # (torch is gigabytes). Nothing else to run afterwards: the workflow compares content, so the fresh file dates of

@@ -3,7 +3,7 @@
 # order, pyproject.toml [tool.ruff]), dvc.yaml regenerated from the code graph, and `snakemake --lint`, clean.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ruff check src tests workflow benchmarks
+ruff check src tests workflow benchmarks tools
 python -m heatedasc.dvcstages --check
 snakemake --lint --configfile params.yaml config/smoke.yaml
 echo "lint: ruff clean, dvc.yaml current, snakemake --lint clean"

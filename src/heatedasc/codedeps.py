@@ -16,7 +16,9 @@ from pathlib import Path
 PACKAGE = "heatedasc"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Bookkeeping around a job (its log, its record, the run-time checks of the workflow): describes results, never makes them.
-NOT_CODE = frozenset({"logutil", "provenance", "hashing", "job", "currency", "codedeps"})
+# pinning sets the CPU kernels and threads: what it sets is in every record's `cpu` entry (heatedasc.pinning.recorded),
+# so a change of what it pins reruns the jobs through that entry, not through the code's digest.
+NOT_CODE = frozenset({"logutil", "provenance", "hashing", "job", "currency", "codedeps", "pinning"})
 
 
 def package_imports(source: str, modules: set[str], package: str = PACKAGE) -> set[str]:
