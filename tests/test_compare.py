@@ -33,12 +33,14 @@ def write_run(results, *, kernels="avx2", device="cpu", cuda=False, mkl="CNR:AVX
     run.mkdir(parents=True, exist_ok=True)
     (run / "metrics.json").write_text(json.dumps({"acc_a": 0.9, "n_test": N_TEST}))
     cpu = {**PINNED, "kernels": kernels}
-    (run / "provenance.json").write_text(json.dumps({"stage": "train", "cpu": cpu, "params": {"train": {"device": device}}}))
+    # the stable record holds no speed-only setting; the device is in the volatile one's execution block
+    (run / "provenance.json").write_text(json.dumps({"rule": "train", "cpu": cpu, "params": {"train": {"epochs": 1}}}))
     if volatile:
         vol = results.parent / "logs" / "provenance" / "results" / "runs" / "ref_abc" / "T1" / "focal" / "seed0"
         vol.mkdir(parents=True, exist_ok=True)
         (vol / "provenance.json").write_text(json.dumps(
-            {"host": {"cuda_available": cuda}, "cpu": {"in_effect": {"mkl": mkl}, "notes": []}}))
+            {"host": {"cuda_available": cuda}, "execution": {"device": device, "eval_batch_size": 256},
+             "cpu": {"in_effect": {"mkl": mkl}, "notes": []}}))
 
 
 def edited(**changes):

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from heatedasc.config import check_consistency
+from heatedasc.config import check_consistency, load_config
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -34,6 +34,16 @@ SPEC_DEFAULTS = {
 }
 
 
+def _leaves(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
 def get(cfg: dict, dotted: str):
     for part in dotted.split("."):
         cfg = cfg[part]
@@ -45,9 +55,16 @@ def test_params_yaml_holds_the_spec_defaults(key):
     assert get(PARAMS, key) == SPEC_DEFAULTS[key]
 
 
-def test_params_yaml_and_smoke_override_pass_the_schema_and_the_cross_checks():
-    jsonschema.validate(PARAMS, SCHEMA)
-    check_consistency(PARAMS)
+@pytest.mark.parametrize("overrides", [[], ["config/smoke.yaml"], ["config/gpu-fast.yaml"],
+                                       ["config/smoke.yaml", "config/gpu-fast.yaml"]])
+def test_params_yaml_alone_and_with_each_override_file_passes_the_schema_and_the_cross_checks(overrides):
+    merged = load_config([REPO / "params.yaml", *(REPO / f for f in overrides)])  # the loader every reader runs
+    jsonschema.validate(merged, SCHEMA)
+    check_consistency(merged)
+    for name in overrides:  # each override really took effect
+        for dotted, value in _leaves(yaml.safe_load((REPO / name).read_text())):
+            if name == overrides[-1] or dotted not in dict(_leaves(yaml.safe_load((REPO / overrides[-1]).read_text()))):
+                assert get(merged, dotted) == value, (name, dotted)
 
 
 @pytest.mark.parametrize("section, key", [("train", "amp"), ("train", "holdout_fraction"), ("synth", "cities")])

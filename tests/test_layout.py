@@ -4,26 +4,30 @@ workflow (Snakemake `code=` inputs, DVC stage deps) equal to what the adapters r
 from __future__ import annotations
 
 import ast
+import modulefinder
 from pathlib import Path
 
 import yaml
 
-from heatedasc.codedeps import closure, find_cycles, import_graph, package_imports, script_modules
+from heatedasc.codedeps import closure, find_cycles, import_graph
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "heatedasc"
-
-
-def heatedasc_imports(source: str, modules: set[str], package: str = "heatedasc") -> set[str]:
-    return package_imports(source, modules, package)
 
 
 GRAPH = import_graph(PACKAGE)
 
 
 def adapter_code(script: Path) -> set[str]:
-    """The library modules a workflow script runs: its heatedasc imports and theirs, minus logging/provenance."""
-    return script_modules(script, PACKAGE)
+    """The library modules (or subpackages) a workflow script runs, found by the standard library's ModuleFinder
+    (not by heatedasc.codedeps, whose result dvc.yaml is made from), minus the job's bookkeeping."""
+    from heatedasc.codedeps import NOT_CODE
+
+    finder = modulefinder.ModuleFinder(path=[str(REPO / "src")], excludes=[
+        "torch", "numpy", "pandas", "scipy", "matplotlib", "seaborn", "soundfile", "torchaudio", "jinja2", "yaml",
+        "tqdm", "markupsafe", "jsonschema", "threadpoolctl"])
+    finder.run_script(str(script))
+    return {m.split(".")[1] for m in finder.modules if m.startswith("heatedasc.")} - set(NOT_CODE)
 
 
 # ------------------------------------------------------------------------------------------- circles

@@ -186,7 +186,8 @@ def identity_expected(results_dir: str | Path) -> tuple[bool | None, str]:
         if not volatile:
             return None, (f"the volatile provenance of {record.parent} (logs/provenance/) is not here, so where it "
                           "trained is unknown")
-        device = ((stable.get("params") or {}).get("train") or {}).get("device", "auto")
+        # the device is a speed-only setting (execution.train.device): kept in the volatile record, with the host
+        device = (volatile.get("execution") or {}).get("device", "auto")
         host = volatile.get("host") or {}
         if device == "cuda" or (device == "auto" and host.get("cuda_available")):
             return False, f"{record.parent} trained on a GPU, whose kernels are not bit-exact across GPUs (docs/gpu.md)"
