@@ -305,5 +305,11 @@ def test_exp_run_sets_what_runs_or_names_the_file_that_overrides_it(project):
     bad = run(repo, "dvc", "exp", "run", "-S", "params.yaml:train.epochs=20", check=False)
     assert "params.yaml: train.epochs changed since the last commit (150 -> 20), but config/tiny.yaml" in bad
     assert "dvc exp run -S 'config/tiny.yaml:train.epochs=...'" in bad
+    # What the refusal leaves: DVC writes -S into params.yaml before any stage runs (its documented behaviour), and
+    # the file keeps its layout through DVC's YAML round trip, so that one line is the only change; no output moved.
+    assert run(repo, "git", "status", "--porcelain").split() == ["M", "params.yaml"]
+    changed = [line for line in run(repo, "git", "diff", "-U0", "params.yaml").splitlines()
+               if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    assert [line.split("#")[0].strip() for line in changed] == ["-  epochs: 150", "+  epochs: 20"], changed
     run(repo, "git", "checkout", "--", ".")
     assert dvc_status(repo) == {}
