@@ -194,9 +194,10 @@ def plot_confusion(sums: list[dict], out_png, *, class_names) -> None:
     """Rows = run sets, columns = devices; colour = row-normalised (recall), numbers = counts summed over seeds."""
     plt = pyplot()
     k = len(class_names)
-    fig, axes = plt.subplots(max(len(sums), 1), len(DEVICES), figsize=(4.2 * len(DEVICES), 4.2 * max(len(sums), 1)),
+    # full class names (street_pedestrian is the longest): room for them below and left of each panel
+    fig, axes = plt.subplots(max(len(sums), 1), len(DEVICES), figsize=(4.8 * len(DEVICES), 4.8 * max(len(sums), 1)),
                              squeeze=False)
-    short = [c[:10] for c in class_names]
+    labels = [c.replace("_", " ") for c in class_names]
     for i, s in enumerate(sums):
         for j, d in enumerate(DEVICES):
             ax = axes[i, j]
@@ -216,8 +217,8 @@ def plot_confusion(sums: list[dict], out_png, *, class_names) -> None:
                                 color="white" if norm[a, b] > 0.6 else "black")
             acc = np.trace(mat) / mat.sum() * 100 if mat.sum() else float("nan")
             ax.set_title(f"{s['name']}: device {d.upper()}, acc {acc:.1f}% ({s['n_seeds']} seeds)", fontsize=8)
-            ax.set_xticks(range(k), short, rotation=90, fontsize=6)
-            ax.set_yticks(range(k), short, fontsize=6)
+            ax.set_xticks(range(k), labels, rotation=90, fontsize=6)
+            ax.set_yticks(range(k), labels, fontsize=6)
             ax.set_xlabel("predicted", fontsize=7)
             ax.set_ylabel("true", fontsize=7)
     if not sums:

@@ -24,7 +24,8 @@ table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}td,th{border:1px 
 th{background:#f0f0f0}tr:nth-child(even){background:#fafafa}img{max-width:100%;border:1px solid #ddd}
 .warn{background:#fff4e5;border-left:4px solid #e69500;padding:0.5em 1em}
 pre{background:#f6f6f6;padding:0.8em;overflow-x:auto;font-size:0.8em}code{font-size:0.9em}
-.missing{color:#b22222}"""
+.missing{color:#b22222}.scroll{overflow-x:auto;max-width:100%}summary{cursor:pointer;color:#0645ad}
+@media (max-width:600px){body{margin:0.5em auto;padding:0 0.5em}h1{font-size:1.3em}}"""
 
 LINEAGE_HEAD = ("run (correction/T/loss/seed)", "recipe sha256", "code sha256", "torch",
                 "train cache md5", "evaluate cache md5", "stats md5", "coefficients md5")
@@ -35,10 +36,10 @@ WHEN_WHERE = ("When and where each run ran (time, host, GPU, SLURM job, git comm
 
 TEMPLATE = """\
 {%- macro table(t) -%}
-<table><thead><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead><tbody>
+<div class="scroll"><table><thead><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead><tbody>
 {% for row in t.rows %}<tr>{% for v in row %}<td{% if v == "missing" %} class="missing"{% endif %}>{{ v }}</td>\
 {% endfor %}</tr>
-{% endfor %}</tbody></table>
+{% endfor %}</tbody></table></div>
 {%- endmacro -%}
 <!DOCTYPE html><html><head><meta charset='utf-8'><title>Heated-up softmax + spectrum correction: report</title>\
 <style>{{ css }}</style></head><body>
@@ -72,16 +73,18 @@ TEMPLATE = """\
 {% for l in links %}<li><a href="{{ l.href }}">{{ l.name }}</a> ({{ l.key }})</li>{% endfor %}</ul></section>
 <section id="lineage"><h2>Lineage of the training runs</h2>
 {% if lineage -%}
-<table><thead><tr>{% for h in lineage_head %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
+<div class="scroll"><table><thead><tr>{% for h in lineage_head %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
 {% for r in lineage -%}
 {% if r.missing %}<tr><td class="missing" colspan="{{ lineage_head|length }}">{{ r.record }}: \
 no provenance record</td></tr>
 {% else %}<tr>{% for c in r.cells %}<td><code>{{ c }}</code></td>{% endfor %}</tr>
 {% endif %}{% endfor -%}
-</tbody></table><p>Hashes shortened to 12 hex digits; full values in each run's provenance.json. \
+</tbody></table></div><p>Hashes shortened to 12 hex digits; full values in each run's provenance.json. \
 <code>heatedasc lineage &lt;file&gt;</code> audits them against the disk. {{ when_where }}</p>
 {%- else %}<p>No run provenance records.</p>{% endif %}</section>
-<section id="config"><h2>Effective configuration</h2><pre>{{ config_yaml }}</pre></section></body></html>
+<section id="config"><h2>Effective configuration</h2><details><summary>{{ config_yaml.count("\n") }} lines: \
+params.yaml merged with the override files, without the speed-only and cluster settings</summary>\
+<pre>{{ config_yaml }}</pre></details></section></body></html>
 """
 
 
