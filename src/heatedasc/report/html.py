@@ -82,7 +82,7 @@ no provenance record</td></tr>
 </tbody></table></div><p>Hashes shortened to 12 hex digits; full values in each run's provenance.json. \
 <code>heatedasc lineage &lt;file&gt;</code> audits them against the disk. {{ when_where }}</p>
 {%- else %}<p>No run provenance records.</p>{% endif %}</section>
-<section id="config"><h2>Effective configuration</h2><details><summary>{{ config_yaml.count("\n") }} lines: \
+<section id="config"><h2>Effective configuration</h2><details><summary>{{ config_lines }} lines: \
 params.yaml merged with the override files, without the speed-only and cluster settings</summary>\
 <pre>{{ config_yaml }}</pre></details></section></body></html>
 """
@@ -190,11 +190,12 @@ def render_page(ctx: RenderContext, out: Mapping[str, str]) -> None:
                                     "src": embed_png(p) if present else None})
     lineage = [{"missing": True, "record": r["record"]} if r.get("missing")
                else {"missing": False, "cells": _lineage_cells(r)} for r in lineage_rows(ctx.provenance_files)]
+    config_yaml = yaml.safe_dump(json.loads(json.dumps(
+        {k: v for k, v in ctx.config.items() if k not in NOT_RESULT_SECTIONS}, default=str)), sort_keys=False)
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.from_string(TEMPLATE).render(
         css=markupsafe.Markup(CSS), when_where=markupsafe.Markup(WHEN_WHERE),
         origin=ctx.origin, n_runs=len(ctx.runs), caveat=ctx.caveat, selection=selection, shared=shared,
         tables=tables, figures=figure_sections, links=links, lineage=lineage, lineage_head=LINEAGE_HEAD,
-        config_yaml=yaml.safe_dump(json.loads(json.dumps(
-            {k: v for k, v in ctx.config.items() if k not in NOT_RESULT_SECTIONS}, default=str)), sort_keys=False))
+        config_yaml=config_yaml, config_lines=config_yaml.count("\n"))
     write_text(page, html)
