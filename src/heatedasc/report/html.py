@@ -11,7 +11,7 @@ import base64
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from heatedasc.fileio import write_text
 from heatedasc.report.runs import selection_note
@@ -160,12 +160,13 @@ def render_page(ctx: RenderContext, out: Mapping[str, str]) -> None:
     from heatedasc.config import NOT_RESULT_SECTIONS  # the page is a result: no speed-only settings in its dump
 
     page = Path(out["report_html"])
+    assert ctx.runs is not None  # the page needs the runs' metrics (registry)
     selection = selection_note(ctx.runs)
     tables, figures, links, shared = [], [], [], []
     for artefact in ctx.registry:
         for t in artefact.tables:
             csv = ctx.artefacts.get(t.csv)
-            section = {"id": t.markdown, "title": t.title, "caption": t.caption, "path": csv, "doc": None}
+            section: dict[str, Any] = {"id": t.markdown, "title": t.title, "caption": t.caption, "path": csv, "doc": None}
             if csv and Path(csv).is_file():
                 doc = t.document_from(csv, ctx)
                 section["doc"] = {"title": doc.title, "columns": list(doc.frame.columns),
@@ -184,7 +185,7 @@ def render_page(ctx: RenderContext, out: Mapping[str, str]) -> None:
     figure_sections = []
     for f, optional in figures:
         p = ctx.artefacts.get(f.key)
-        present = bool(p) and Path(p).is_file()
+        present = bool(p and Path(p).is_file())
         if present or not optional:
             figure_sections.append({"id": f.key, "title": f.title, "caption": f.caption, "path": p,
                                     "src": embed_png(p) if present else None})
