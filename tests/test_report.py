@@ -252,6 +252,35 @@ def test_calibration_table_and_ece_match_the_training_definition(partial, tmp_pa
     assert len(bins) == 15 and bins["count"].sum() == 500
 
 
+def test_confusion_figure_labels_every_class_by_its_full_name(monkeypatch, tmp_path):
+    """No class name is cut (street_pedestrian and shopping_mall were cut to 10 characters), and every label fits
+    inside the saved figure."""
+    import numpy as np
+
+    from heatedasc.report import diagnostics
+    from heatedasc.tau import SCENES
+
+    saved = {}
+
+    def keep(fig, path, **kw):
+        fig.canvas.draw()
+        saved["fig"] = fig
+
+    monkeypatch.setattr(diagnostics, "save_figure", keep)
+    monkeypatch.setattr(diagnostics.pyplot(), "close", lambda fig: None)
+    mats = {d: np.eye(len(SCENES), dtype=int) * 3 for d in DEVICES}
+    diagnostics.plot_confusion([{"name": "Ref.ABC_T10", "n_seeds": 2, "matrices": mats}], tmp_path / "c.png",
+                               class_names=list(SCENES))
+    fig = saved["fig"]
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+            assert [t.get_text() for t in ticks] == [c.replace("_", " ") for c in SCENES]
+            for t in ticks:  # inside the figure, not cut at its edge
+                box = t.get_window_extent(renderer)
+                assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, t
+
+
 def test_confusion_matrices_are_summed_over_seeds(partial):
     results, _, _ = partial
     conf = pd.read_csv(results / "tables" / "confusion.csv")
@@ -545,7 +574,7 @@ def test_html_report_renders_every_artefact_in_a_headless_browser(partial, tmp_p
             "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(Path(out["report_html"]).resolve().as_uri(), wait_until="load")
             images = page.eval_on_selector_all("section img", """els => els.map(e => ({
                 section: e.closest('section').id, complete: e.complete, w: e.naturalWidth, h: e.naturalHeight,
@@ -555,6 +584,13 @@ def test_html_report_renders_every_artefact_in_a_headless_browser(partial, tmp_p
                 text: e.innerText}))""")
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
             print(f"screenshot: {tmp_path / 'report.png'}")
+            config_shown = page.is_visible("#config pre")
+            # at a phone's width: the page itself never scrolls sideways (wide tables scroll in their own box)
+            phone = browser.new_page(viewport={"width": 390, "height": 844})
+            phone.goto(Path(out["report_html"]).resolve().as_uri(), wait_until="load")
+            phone_overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            phone.screenshot(path=str(tmp_path / "report-phone.png"), full_page=True)
+            print(f"screenshot: {tmp_path / 'report-phone.png'}")
         finally:
             browser.close()
     decoded = {i["section"]: i for i in images}
@@ -574,3 +610,6 @@ def test_html_report_renders_every_artefact_in_a_headless_browser(partial, tmp_p
     for key in ("calibration_md", "significance_md"):
         assert by_section[key]["rows"] > 0, key
     assert png_size(tmp_path / "report.png")[1] > 2000  # the whole page, not a blank first screen
+    assert not config_shown  # the effective configuration is collapsed until asked for
+    assert phone_overflow <= 0, f"the page is {phone_overflow} px wider than a 390 px screen"
+    assert png_size(tmp_path / "report-phone.png")[0] == 390

@@ -24,7 +24,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, cast
 
 SUMMARY = Path("results") / "metrics.json"
 ACCURACY_KEYS = ("avg_bc", "acc_a", "acc_b", "acc_c", "acc_overall")  # fractions in 0-1: compared in pp
@@ -69,7 +69,7 @@ def load_reference(spec: str, results_dir: str | Path = "results") -> tuple[dict
     return json.loads(path.read_text()), str(path)
 
 
-def _leaves(tree, prefix: str = "") -> dict[str, object]:
+def _leaves(tree, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, Mapping):
         out = {}
         for k, v in tree.items():
@@ -145,7 +145,9 @@ def verdict(diffs: list[Difference], identity_expected: bool | None) -> str:
     if not diffs:
         return "identical"
     if identity_expected is not True and all(
-        (d.tolerance_pp is not None and d.points <= d.tolerance_pp + 1e-9) or _is_argmax(d.key) for d in diffs
+        # points is set wherever tolerance_pp is (both come from an accuracy: differences())
+        (d.tolerance_pp is not None and cast(float, d.points) <= d.tolerance_pp + 1e-9) or _is_argmax(d.key)
+        for d in diffs
     ):
         return "within"
     return "different"
@@ -207,6 +209,7 @@ def report(diffs: list[Difference], result: str, *, reference_name: str, expecte
         elif d.tolerance_pp is None:
             size = f"{d.points:.2f} pp; test-set size unknown"
         else:
+            assert d.clip_pp is not None  # resolution() gives a clip wherever it gives a tolerance
             size = (f"{d.points:.2f} pp = {d.points / d.clip_pp:.1f} clip(s) of {d.clip_pp:.2f} pp; "
                     f"tolerance {d.tolerance_pp:.2f} pp")
         lines.append(f"  {d.key}: {d.reference!r} -> {d.current!r} ({size})")

@@ -38,6 +38,8 @@ from heatedasc.runtime import resolve_device
 class LogMelExtractor(torch.nn.Module):
     """Batched log-mel extractor; device d's correction c_d is folded into its own filterbank."""
 
+    filterbanks: torch.Tensor  # the registered buffer [D, F, n_mels] (for the type checker)
+
     def __init__(
         self,
         *,
@@ -190,23 +192,23 @@ def log_mel_files(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    paths = [Path(p) for p in paths]
+    files = [Path(p) for p in paths]
     index = [int(i) for i in torch.as_tensor(device_index).tolist()]
     n_frames = extractor.n_frames(n_samples)
     cpu = extractor.filterbanks.device.type == "cpu"
     with clip_pool() as run:
-        for start in range(0, len(paths), batch_size):
-            stop = min(start + batch_size, len(paths))
+        for start in range(0, len(files), batch_size):
+            stop = min(start + batch_size, len(files))
             if cpu:
                 feats = torch.empty(stop - start, extractor.n_mels, n_frames)
 
                 def one(i: int) -> None:
-                    wave = torch.from_numpy(load(paths[i]))
+                    wave = torch.from_numpy(load(files[i]))
                     extractor.clip_log_mel(wave, index[i], out=feats[i - start])
 
                 run(one, range(start, stop))
             else:
-                waves = np.stack(run(load, paths[start:stop]))
+                waves = np.stack(run(load, files[start:stop]))
                 feats = extractor(torch.from_numpy(waves), torch.tensor(index[start:stop])).cpu()
             yield start, feats.numpy()
 

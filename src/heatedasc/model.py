@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 from torch import nn
@@ -52,6 +52,7 @@ class ASCNet(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(module.weight)
+                assert module.bias is not None  # every conv and dense layer here is built with a bias
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.BatchNorm2d):
                 module.reset_parameters()
@@ -79,7 +80,7 @@ class ASCNet(nn.Module):
 
     def kernel_parameters(self) -> list[nn.Parameter]:
         """Conv and dense kernels: the tensors the Keras L2 regulariser acts on (no biases, no BN)."""
-        return [m.weight for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        return [cast(nn.Parameter, m.weight) for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -88,7 +89,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     running = sum(
         m.running_mean.numel() + m.running_var.numel()
         for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None and m.running_var is not None
     )
     return trainable, trainable + running
 
@@ -101,7 +102,9 @@ def block_output_shapes(model: ASCNet, input_shape: Sequence[int]) -> list[tuple
     x = torch.empty((1,) + shape, device="meta")
     shapes = []
     for block in model.blocks:
-        conv: nn.Conv2d = block[0]
+        assert isinstance(block, nn.Sequential)
+        conv = block[0]
+        assert isinstance(conv, nn.Conv2d)
         # conv on meta tensors with the real kernel's shape; no compute, no memory
         x = nn.functional.conv2d(
             x, torch.empty(conv.weight.shape, device="meta"), stride=conv.stride, padding=conv.padding

@@ -54,7 +54,7 @@ import os
 import re
 import sys
 import tempfile
-from typing import Mapping
+from typing import Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def environment(cpu_cfg: Mapping | None) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------ what is in effect
 @contextlib.contextmanager
-def _captured_stdout():
+def _captured_stdout() -> Iterator[list[str]]:
     """Capture what C code prints to file descriptor 1 (MKL's and oneDNN's verbose lines)."""
     libc = ctypes.CDLL(None)
     sys.stdout.flush()
@@ -161,8 +161,8 @@ def _numpy_side() -> dict:
 
     try:
         from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
-    except ImportError:  # numpy 1.x
-        from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    except ImportError:  # numpy 1.x: the same two names from the old path (hence no-redef for mypy)
+        from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__  # type: ignore[no-redef]
     enabled = [t for t in __cpu_dispatch__ if __cpu_features__.get(t)]
     out = {"numpy": enabled[-1] if enabled else "baseline"}
     try:

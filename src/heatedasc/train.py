@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import pandas as pd
@@ -162,7 +162,7 @@ def check_cache_origin(cache: FeatureCache, *, correction: str | None, split: st
 
 def l2_penalty(model: ASCNet, weight: float) -> torch.Tensor:
     """Keras L2 regulariser: weight·Σw² over conv and dense kernels only (gradient 2·weight·w)."""
-    return weight * sum(w.pow(2).sum() for w in model.kernel_parameters())
+    return cast(torch.Tensor, weight * sum(w.pow(2).sum() for w in model.kernel_parameters()))  # sum(): Tensor | 0
 
 
 def draw_mixup(rng: np.random.Generator, batch_size: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -410,6 +410,7 @@ class BatchRunner:
                     loss_fn: Callable, weight_decay_l2: float) -> torch.Tensor:
         xb = self.prepare(x)
         if lam is not None:
+            assert partner is not None  # lam and partner come together (train_epoch)
             xb, y = mixup_batch(xb, y, lam.to(xb.dtype), partner)
             y = y.float()
         with self.autocast():
@@ -475,7 +476,8 @@ def train_epoch(
     for start in range(0, len(order), batch_size):
         stop = start + batch_size
         idx = order[start:stop]
-        lam, partner = (None, None) if lam_all is None else (lam_all[start:stop], partner_all[start:stop])
+        lam, partner = ((None, None) if lam_all is None or partner_all is None  # set together, above
+                        else (lam_all[start:stop], partner_all[start:stop]))
         batch_loss = runner.batch_loss(x_train[idx], onehot[idx], lam, partner, loss_fn, weight_decay_l2)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(batch_loss).backward()
@@ -693,7 +695,7 @@ def _train_and_write(spec: RunSpec, *, progress: bool, stop_after_epoch: int | N
     torch.manual_seed(seed)
     model = ASCNet(n_classes=n_classes, **model_cfg).to(device)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch accepts it; stubs omit it
     optimizer = make_optimizer(model, cfg)
     scheduler = make_plateau_scheduler(optimizer, factor=float(cfg["plateau_factor"]),
                                        patience=int(cfg["plateau_patience"]),
@@ -721,7 +723,7 @@ def _train_and_write(spec: RunSpec, *, progress: bool, stop_after_epoch: int | N
     resume_dir = resumable_dir(out_dir, RESUME_DIR)  # outside the run folder DVC tracks (heatedasc.fileio)
     resume_path = resume_dir / "last.pt"
     start_epoch, history = 0, []
-    best = {"epoch": 0, "value": -math.inf, "state": None}
+    best: dict[str, Any] = {"epoch": 0, "value": -math.inf, "state": None}
     if resume_path.is_file():
         # CPU first: generator states must stay CPU tensors; load_state_dict moves the rest
         ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)

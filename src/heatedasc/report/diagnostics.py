@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -167,9 +167,9 @@ def confusion_sums(runs: pd.DataFrame, specs: list, n_classes: int) -> list[dict
         mats = {}
         for d in DEVICES:
             per_seed = [np.asarray(c[d], dtype=np.int64) for c in cell["confusion"] if isinstance(c, dict) and d in c]
-            mats[d] = np.sum(per_seed, axis=0) if per_seed else None
-            if mats[d] is not None and mats[d].shape != (n_classes, n_classes):
-                raise ValueError(f"{spec['name']}: device {d} confusion matrix has shape {mats[d].shape}, "
+            mats[d] = mat = np.sum(per_seed, axis=0) if per_seed else None
+            if mat is not None and mat.shape != (n_classes, n_classes):
+                raise ValueError(f"{spec['name']}: device {d} confusion matrix has shape {mat.shape}, "
                                  f"expected {n_classes}×{n_classes}")
         out.append({**spec, "n_seeds": int(len(cell)), "seeds": sorted(int(s) for s in cell["seed"]), "matrices": mats})
     return out
@@ -194,9 +194,10 @@ def plot_confusion(sums: list[dict], out_png, *, class_names) -> None:
     """Rows = run sets, columns = devices; colour = row-normalised (recall), numbers = counts summed over seeds."""
     plt = pyplot()
     k = len(class_names)
-    fig, axes = plt.subplots(max(len(sums), 1), len(DEVICES), figsize=(4.2 * len(DEVICES), 4.2 * max(len(sums), 1)),
+    # full class names (street_pedestrian is the longest): room for them below and left of each panel
+    fig, axes = plt.subplots(max(len(sums), 1), len(DEVICES), figsize=(4.8 * len(DEVICES), 4.8 * max(len(sums), 1)),
                              squeeze=False)
-    short = [c[:10] for c in class_names]
+    labels = [c.replace("_", " ") for c in class_names]
     for i, s in enumerate(sums):
         for j, d in enumerate(DEVICES):
             ax = axes[i, j]
@@ -216,8 +217,8 @@ def plot_confusion(sums: list[dict], out_png, *, class_names) -> None:
                                 color="white" if norm[a, b] > 0.6 else "black")
             acc = np.trace(mat) / mat.sum() * 100 if mat.sum() else float("nan")
             ax.set_title(f"{s['name']}: device {d.upper()}, acc {acc:.1f}% ({s['n_seeds']} seeds)", fontsize=8)
-            ax.set_xticks(range(k), short, rotation=90, fontsize=6)
-            ax.set_yticks(range(k), short, fontsize=6)
+            ax.set_xticks(range(k), labels, rotation=90, fontsize=6)
+            ax.set_yticks(range(k), labels, fontsize=6)
             ax.set_xlabel("predicted", fontsize=7)
             ax.set_ylabel("true", fontsize=7)
     if not sums:
@@ -283,6 +284,7 @@ def paired_difference(a: pd.Series, b: pd.Series, *, confidence: float = 0.95) -
     both = pd.concat({"a": a, "b": b}, axis=1).dropna()
     n = len(both)
     diff = both["a"] - both["b"]
+    out: dict[str, Any]
     out = {"n_pairs": n, "seeds": " ".join(str(int(s)) for s in sorted(both.index)),
            "mean_a": float(both["a"].mean()) if n else np.nan, "mean_b": float(both["b"].mean()) if n else np.nan,
            "mean_diff": float(diff.mean()) if n else np.nan, "sd_diff": float(diff.std(ddof=1)) if n > 1 else np.nan,
@@ -360,6 +362,7 @@ def test_set_sampling(cell_a: pd.DataFrame, cell_b: pd.DataFrame, metric: str, *
         if any(side is None for side in sides):
             continue
         a, b = sides
+        assert a is not None and b is not None  # the `continue` above
         if set(a.index) != set(b.index) or (devices is not None and set(a.index) != set(devices.index)):
             raise ValueError(f"{cell_a['run_dir'].iloc[0]} and {cell_b['run_dir'].iloc[0]}: the runs' predictions.npz "
                              "hold different test clips: not one test set")
@@ -370,6 +373,7 @@ def test_set_sampling(cell_a: pd.DataFrame, cell_b: pd.DataFrame, metric: str, *
         return out
     diff = pd.concat(per_seed, axis=1).mean(axis=1)  # per clip, averaged over seeds (clips aligned by name)
     units = [parse_filename(f)["identifier"] for f in diff.index]
+    assert devices is not None  # set with the first entry of per_seed
     reps = location_bootstrap(diff.to_numpy() * 100.0, devices.loc[diff.index].to_numpy(), np.asarray(units),
                               weights, resamples=resamples, seed=seed)
     reps = reps[~np.isnan(reps)]
@@ -403,6 +407,7 @@ def significance_table(runs: pd.DataFrame, comparisons: list, *, confidence: flo
             sides[key] = cells[key].set_index(cells[key]["seed"].astype(int))[metric].astype(float) * 100.0
         res = paired_difference(sides["a"], sides["b"], confidence=confidence)
         seeds = [int(s) for s in res["seeds"].split()]
+        sampling: dict[str, Any]
         sampling = test_set_sampling(cells["a"], cells["b"], name, seeds=seeds, resamples=resamples, seed=seed) \
             if seeds else {"se_test": np.nan, "n_locations": 0, "n_resamples": 0, "missing": []}
         z_half = z_quantile(confidence) * sampling["se_test"]
@@ -491,6 +496,7 @@ def significance_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
                                         "A − B", f"{level} CI: seeds", f"{level} CI: test clips",
                                         f"{level} CI: both", "verdict", f"family verdict (Bonferroni, k = {k})",
                                         "paper's claim"])
+    assert ctx.runs is not None  # the artefact needs the runs' metrics (registry)
     notes = significance_notes(confidence, k, ctx.runs["selection"].astype(str))
     return TableDoc("Paired comparisons over seeds and test clips", frame, notes, caveat=ctx.caveat,
                     shared=(selection_note(ctx.runs),))

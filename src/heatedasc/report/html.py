@@ -11,7 +11,7 @@ import base64
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from heatedasc.fileio import write_text
 from heatedasc.report.runs import selection_note
@@ -24,7 +24,8 @@ table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}td,th{border:1px 
 th{background:#f0f0f0}tr:nth-child(even){background:#fafafa}img{max-width:100%;border:1px solid #ddd}
 .warn{background:#fff4e5;border-left:4px solid #e69500;padding:0.5em 1em}
 pre{background:#f6f6f6;padding:0.8em;overflow-x:auto;font-size:0.8em}code{font-size:0.9em}
-.missing{color:#b22222}"""
+.missing{color:#b22222}.scroll{overflow-x:auto;max-width:100%}summary{cursor:pointer;color:#0645ad}
+@media (max-width:600px){body{margin:0.5em auto;padding:0 0.5em}h1{font-size:1.3em}}"""
 
 LINEAGE_HEAD = ("run (correction/T/loss/seed)", "recipe sha256", "code sha256", "torch",
                 "train cache md5", "evaluate cache md5", "stats md5", "coefficients md5")
@@ -35,10 +36,10 @@ WHEN_WHERE = ("When and where each run ran (time, host, GPU, SLURM job, git comm
 
 TEMPLATE = """\
 {%- macro table(t) -%}
-<table><thead><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead><tbody>
+<div class="scroll"><table><thead><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead><tbody>
 {% for row in t.rows %}<tr>{% for v in row %}<td{% if v == "missing" %} class="missing"{% endif %}>{{ v }}</td>\
 {% endfor %}</tr>
-{% endfor %}</tbody></table>
+{% endfor %}</tbody></table></div>
 {%- endmacro -%}
 <!DOCTYPE html><html><head><meta charset='utf-8'><title>Heated-up softmax + spectrum correction: report</title>\
 <style>{{ css }}</style></head><body>
@@ -72,16 +73,18 @@ TEMPLATE = """\
 {% for l in links %}<li><a href="{{ l.href }}">{{ l.name }}</a> ({{ l.key }})</li>{% endfor %}</ul></section>
 <section id="lineage"><h2>Lineage of the training runs</h2>
 {% if lineage -%}
-<table><thead><tr>{% for h in lineage_head %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
+<div class="scroll"><table><thead><tr>{% for h in lineage_head %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
 {% for r in lineage -%}
 {% if r.missing %}<tr><td class="missing" colspan="{{ lineage_head|length }}">{{ r.record }}: \
 no provenance record</td></tr>
 {% else %}<tr>{% for c in r.cells %}<td><code>{{ c }}</code></td>{% endfor %}</tr>
 {% endif %}{% endfor -%}
-</tbody></table><p>Hashes shortened to 12 hex digits; full values in each run's provenance.json. \
+</tbody></table></div><p>Hashes shortened to 12 hex digits; full values in each run's provenance.json. \
 <code>heatedasc lineage &lt;file&gt;</code> audits them against the disk. {{ when_where }}</p>
 {%- else %}<p>No run provenance records.</p>{% endif %}</section>
-<section id="config"><h2>Effective configuration</h2><pre>{{ config_yaml }}</pre></section></body></html>
+<section id="config"><h2>Effective configuration</h2><details><summary>{{ config_lines }} lines: \
+params.yaml merged with the override files, without the speed-only and cluster settings</summary>\
+<pre>{{ config_yaml }}</pre></details></section></body></html>
 """
 
 
@@ -157,12 +160,13 @@ def render_page(ctx: RenderContext, out: Mapping[str, str]) -> None:
     from heatedasc.config import NOT_RESULT_SECTIONS  # the page is a result: no speed-only settings in its dump
 
     page = Path(out["report_html"])
+    assert ctx.runs is not None  # the page needs the runs' metrics (registry)
     selection = selection_note(ctx.runs)
     tables, figures, links, shared = [], [], [], []
     for artefact in ctx.registry:
         for t in artefact.tables:
             csv = ctx.artefacts.get(t.csv)
-            section = {"id": t.markdown, "title": t.title, "caption": t.caption, "path": csv, "doc": None}
+            section: dict[str, Any] = {"id": t.markdown, "title": t.title, "caption": t.caption, "path": csv, "doc": None}
             if csv and Path(csv).is_file():
                 doc = t.document_from(csv, ctx)
                 section["doc"] = {"title": doc.title, "columns": list(doc.frame.columns),
@@ -181,17 +185,18 @@ def render_page(ctx: RenderContext, out: Mapping[str, str]) -> None:
     figure_sections = []
     for f, optional in figures:
         p = ctx.artefacts.get(f.key)
-        present = bool(p) and Path(p).is_file()
+        present = bool(p and Path(p).is_file())
         if present or not optional:
             figure_sections.append({"id": f.key, "title": f.title, "caption": f.caption, "path": p,
                                     "src": embed_png(p) if present else None})
     lineage = [{"missing": True, "record": r["record"]} if r.get("missing")
                else {"missing": False, "cells": _lineage_cells(r)} for r in lineage_rows(ctx.provenance_files)]
+    config_yaml = yaml.safe_dump(json.loads(json.dumps(
+        {k: v for k, v in ctx.config.items() if k not in NOT_RESULT_SECTIONS}, default=str)), sort_keys=False)
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.from_string(TEMPLATE).render(
         css=markupsafe.Markup(CSS), when_where=markupsafe.Markup(WHEN_WHERE),
         origin=ctx.origin, n_runs=len(ctx.runs), caveat=ctx.caveat, selection=selection, shared=shared,
         tables=tables, figures=figure_sections, links=links, lineage=lineage, lineage_head=LINEAGE_HEAD,
-        config_yaml=yaml.safe_dump(json.loads(json.dumps(
-            {k: v for k, v in ctx.config.items() if k not in NOT_RESULT_SECTIONS}, default=str)), sort_keys=False))
+        config_yaml=config_yaml, config_lines=config_yaml.count("\n"))
     write_text(page, html)

@@ -5,7 +5,7 @@ return the tables they computed (the registry writes those as CSV and Markdown).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,7 @@ def make_table2(runs: pd.DataFrame, *, temperature, paper_table2: dict) -> pd.Da
     """Rows per correction; per loss × (Dev.A, Avg.BC): mean, sd (ddof=1), n seeds, paper, diff (%)."""
     rows = []
     for corr, label in LABELS.items():
-        row = {"correction": label}
+        row: dict[str, Any] = {"correction": label}
         for loss in ("focal", "ce"):
             cell = select_cell(runs, correction=corr, temperature=temperature, loss=loss)
             for name in ("Dev.A", "Avg.BC"):

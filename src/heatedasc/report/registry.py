@@ -109,7 +109,7 @@ class Registry:
     """The artefacts in page order, and the figures of other stages the page shows."""
 
     def __init__(self, artefacts: Iterable[Artefact], upstream_figures: Iterable[UpstreamFigure] = ()):
-        self._artefacts = {}
+        self._artefacts: dict[str, Artefact] = {}
         for a in artefacts:
             if a.name in self._artefacts:
                 raise ValueError(f"report registry: two artefacts are named {a.name!r}")

@@ -25,7 +25,7 @@ class RenderContext:
     registry: Registry = REGISTRY
     runs: pd.DataFrame | None = None
     fig2_embeddings: Mapping[float, str | None] = field(default_factory=dict)  # T -> embeddings.npz
-    provenance_files: Sequence[str] = ()  # every run's provenance.json (present or not)
+    provenance_files: Sequence[str | os.PathLike] = ()  # every run's provenance.json (present or not)
     artefacts: Mapping[str, str] = field(default_factory=dict)  # output key -> path, for the page
     origin: str = ""  # who rendered: printed on the page
 
@@ -76,7 +76,7 @@ def render_all(results_dir: str | os.PathLike, config: Mapping, out_dir: str | o
     return {k: paths[k] for k in registry.outputs()}
 
 
-def _as_list(value) -> list[str]:
+def _as_list(value) -> list[str | os.PathLike]:
     return [value] if isinstance(value, (str, os.PathLike)) else [str(v) for v in value]
 
 
