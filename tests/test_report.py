@@ -522,6 +522,14 @@ def test_cli_rejects_a_bad_config_naming_the_key(tmp_path, capsys):
     assert "report.confidence" in capsys.readouterr().err
 
 
+def test_every_result_table_states_its_unit_in_its_title(partial):
+    """A number without its unit is ambiguous here (fractions in metrics.json, % in tables, pp in differences)."""
+    _, _, out = partial
+    for key in ("table2_md", "table3_md", "calibration_md", "significance_md"):
+        title = Path(out[key]).read_text().splitlines()[0]
+        assert "(%)" in title or "in %" in title, (key, title)
+
+
 def test_html_report_contains_every_artefact(partial):
     results, cfg, out = partial
     page = Path(out["report_html"]).read_text()

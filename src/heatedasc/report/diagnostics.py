@@ -99,7 +99,7 @@ def calibration_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
             "\"missing\" = no run of that cell. The heated-up softmax is trained with p = softmax(z/T), "
             "so its probabilities are those at the training temperature T. Pooled-over-seeds ECE, accuracy "
             "and confidence are in the CSV.")
-    return TableDoc("Expected calibration error of softmax(z/T) on the test set", frame, (note,))
+    return TableDoc("Expected calibration error (%) of softmax(z/T) on the test set", frame, (note,))
 
 
 def plot_reliability(runs: pd.DataFrame, out_png, *, loss: str, corrections, temperatures) -> None:
@@ -498,8 +498,8 @@ def significance_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
                                         "paper's claim"])
     assert ctx.runs is not None  # the artefact needs the runs' metrics (registry)
     notes = significance_notes(confidence, k, ctx.runs["selection"].astype(str))
-    return TableDoc("Paired comparisons over seeds and test clips", frame, notes, caveat=ctx.caveat,
-                    shared=(selection_note(ctx.runs),))
+    return TableDoc("Paired comparisons over seeds and test clips (accuracies in %, differences in percentage points)",
+                    frame, notes, caveat=ctx.caveat, shared=(selection_note(ctx.runs),))
 
 
 def render_significance(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:

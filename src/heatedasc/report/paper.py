@@ -113,7 +113,7 @@ def table2_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
 
 
 def table3_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
-    return _result_doc(data, ctx, "Table 3: comparison on the test set (fold1_evaluate)")
+    return _result_doc(data, ctx, "Table 3: accuracy (%) on the test set (fold1_evaluate)")
 
 
 def render_tables(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:
