@@ -49,6 +49,33 @@ def test_the_checker_sees_function_level_imports_and_names_the_circle(tmp_path):
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
 
 
+def report_graph() -> dict[str, set[str]]:
+    """module -> the modules of heatedasc.report it imports anywhere (module level, functions, TYPE_CHECKING)."""
+    sub = PACKAGE / "report"
+    names = {p.stem for p in sub.glob("*.py") if p.stem != "__init__"}
+    graph = {}
+    for name in names:
+        found = set()
+        for node in ast.walk(ast.parse((sub / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                parts = node.module.split(".")
+                if parts[:2] == ["heatedasc", "report"]:
+                    found |= {parts[2]} if len(parts) > 2 else {a.name for a in node.names if a.name in names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[2] for a in node.names if a.name.startswith("heatedasc.report.")}
+        graph[name] = found - {name}
+    return graph
+
+
+def test_the_report_package_has_no_import_circle_and_its_context_is_the_leaf():
+    graph = report_graph()
+    cycles = find_cycles(graph)
+    assert not cycles, "import circles in src/heatedasc/report: " + "; ".join(" -> ".join(c) for c in cycles)
+    assert graph["context"] == set()  # what renderers read imports no renderer, the registry or render
+    for renderer in ("paper", "diagnostics", "html"):  # renderers know the context, never who lists or runs them
+        assert not graph[renderer] & {"registry", "render"}, (renderer, graph[renderer])
+
+
 # -------------------------------------------------------------------------------------------- layers
 def test_primitives_sit_below_their_users():
     # The STFT and the filterbank know nothing of the package; the correction never needs the features.

@@ -27,7 +27,7 @@ from heatedasc.report.tables import TableDoc, isnan, text
 from heatedasc.tau import DEVICES
 
 if TYPE_CHECKING:
-    from heatedasc.report.render import RenderContext
+    from heatedasc.report.context import RenderContext
 
 MIN_PAIRS = 3  # fewer seeds paired than this: no verdict (t_{0.975,1} = 12.7 makes any interval meaningless)
 

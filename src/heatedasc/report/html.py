@@ -17,7 +17,7 @@ from heatedasc.fileio import write_text
 from heatedasc.report.runs import selection_note
 
 if TYPE_CHECKING:
-    from heatedasc.report.render import RenderContext
+    from heatedasc.report.context import RenderContext
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px}

@@ -16,7 +16,7 @@ from heatedasc.report.runs import LABELS, METRICS, class_names, select_cell, sel
 from heatedasc.report.tables import TableDoc, format_cell, format_plain, format_published, integer_counts, isnan
 
 if TYPE_CHECKING:
-    from heatedasc.report.render import RenderContext
+    from heatedasc.report.context import RenderContext
 
 PAPER_KEYS = {"Dev.A": "dev_a", "Dev.B": "dev_b", "Dev.C": "dev_c", "Avg.BC": "avg_bc"}
 ACCURACY_NOTE = ("Accuracies in %: mean ± sd over seeds (number of seeds); \"missing\" = no run of that cell; "

@@ -20,7 +20,7 @@ from heatedasc.report.tables import TableDoc, read_table_csv
 if TYPE_CHECKING:
     import pandas as pd
 
-    from heatedasc.report.render import RenderContext
+    from heatedasc.report.context import RenderContext
 
 # What an artefact's rule can read besides its config:
 NEEDS = {

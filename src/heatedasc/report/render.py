@@ -1,39 +1,17 @@
 """Rendering artefacts of the registry: one artefact (the Snakemake rules, through
 workflow/scripts/report_artefact.py) or all of them from whatever runs exist (`heatedasc report`).
-Both build a RenderContext and call render_artefact, so both write the same files."""
+Both build a RenderContext (heatedasc.report.context) and call render_artefact, so both write the same files."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
-
-import pandas as pd
+from typing import Mapping
 
 from heatedasc.fileio import atomic_path, write_text
+from heatedasc.report.context import RenderContext
 from heatedasc.report.registry import FIG2_INPUT_PREFIX, REGISTRY, Artefact, Registry
 from heatedasc.report.runs import discover_runs, fig2_embeddings, load_runs
-
-
-@dataclass
-class RenderContext:
-    """What a renderer reads: the config (the artefact's part of it in a Snakemake job, all of it in
-    `heatedasc report`), the runs, and the files of other stages and artefacts."""
-
-    config: Mapping
-    registry: Registry = REGISTRY
-    runs: pd.DataFrame | None = None
-    fig2_embeddings: Mapping[float, str | None] = field(default_factory=dict)  # T -> embeddings.npz
-    provenance_files: Sequence[str | os.PathLike] = ()  # every run's provenance.json (present or not)
-    artefacts: Mapping[str, str] = field(default_factory=dict)  # output key -> path, for the page
-    origin: str = ""  # who rendered: printed on the page
-
-    @property
-    def caveat(self) -> str:
-        """`report.caveat`: one line every result table and the page print (e.g. that demo runs cannot
-        test the paper's claims); empty for none."""
-        return str(self.config.get("report", {}).get("caveat") or "")
 
 
 def render_artefact(artefact: Artefact, ctx: RenderContext, out: Mapping[str, str]) -> None:
