@@ -108,10 +108,11 @@ def new_project(root: Path, *, tiny_overrides: dict | None = None) -> Path:
     for section, values in (tiny_overrides or {}).items():
         tiny.setdefault(section, {}).update(values)
     (repo / "config" / "tiny.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["sweep"] = TINY_SWEEP
-    params["pipeline"]["configfiles"] = "params.yaml config/tiny.yaml"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    from dvc.utils.serialize import modify_yaml
+
+    with modify_yaml(repo / "params.yaml") as params:  # DVC's own YAML writer, as `dvc exp run -S` edits it
+        params["sweep"] = TINY_SWEEP
+        params["pipeline"]["configfiles"] = "params.yaml config/tiny.yaml"
     run(repo, "git", "init", "-q", "-b", "main")
     git_commit(repo, "code")
     return repo
