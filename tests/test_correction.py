@@ -59,6 +59,30 @@ def test_parallel_training_groups_keeps_complete_training_triplets():
     assert rows["device"].tolist() == ["a", "b", "c"] * 2
 
 
+def test_a_group_with_one_device_twice_is_refused_naming_the_group_device_and_files():
+    manifest = manifest_of([("bus-lyon-1-0", d, "train") for d in "abc"] + [("park-lyon-2-0", d, "train") for d in "abc"])
+    twin = manifest.iloc[[4]].assign(filename="audio/park-lyon-2-0-b-copy.wav")
+    manifest = pd.concat([manifest, twin], ignore_index=True)
+    with pytest.raises(DatasetError) as err:
+        parallel_training_groups(manifest, DEVICES)
+    assert str(err.value) == ("group 'park-lyon-2-0' has more than one device-'b' file in split 'train' "
+                              "(audio/park-lyon-2-0-b.wav, audio/park-lyon-2-0-b-copy.wav)")
+
+
+def test_files_left_out_of_the_triplets_are_counted_per_device_in_the_log(caplog):
+    manifest = manifest_of([("bus-lyon-1-0", d, "train") for d in "abc"] + [("bus-lyon-1-1", d, "train") for d in "ab"]
+                           + [("bus-lyon-1-2", "a", "train")])
+    with caplog.at_level("WARNING", logger="heatedasc.correction"):
+        parallel_training_groups(manifest, DEVICES)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "2 device-'a' files in split 'train' lack a twin of every device in ['a', 'b', 'c'] and are left out of the "
+        "spectrum correction (e.g. audio/bus-lyon-1-1-a.wav, audio/bus-lyon-1-2-a.wav)",
+        "1 device-'b' files in split 'train' lack a twin of every device in ['a', 'b', 'c'] and are left out of the "
+        "spectrum correction (e.g. audio/bus-lyon-1-1-b.wav)",
+    ]
+
+
 def test_device_without_parallel_files_names_device_and_split():
     manifest = manifest_of([("bus-lyon-1-0", d, "train") for d in "ab"] + [("bus-lyon-1-0", "c", "evaluate")])
     expected = r"device 'c' has no parallel recordings .* in split 'train' \(0 device-'c' files"
@@ -197,6 +221,21 @@ def test_coefficients_round_trip_without_pickle_and_plot(tmp_path):
     plot_coefficients(paths, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.parent.iterdir()) == ["coefficients.png"]
+
+
+def test_coefficients_keep_their_sample_rate_and_n_fft_and_a_file_missing_a_key_is_named(tmp_path):
+    spectra = random_spectra(np.random.default_rng(7), 2, 513)
+    c = estimate_coefficients(spectra, reference_devices=DEVICES, estimator="ratio_of_means", devices=DEVICES)
+    path = tmp_path / "c.npz"
+    save_coefficients(path, c, correction="ref_abc", reference_devices=DEVICES, estimator="ratio_of_means",
+                      files=spectra["filenames"].tolist(), sample_rate=16000, n_fft=1024)
+    _, meta = load_coefficients(path)
+    assert meta["sample_rate"] == 16000 and meta["n_fft"] == 1024
+    with np.load(path) as z:
+        kept = {k: z[k] for k in z.files if k != "files"}
+    np.savez(tmp_path / "broken.npz", **kept)
+    with pytest.raises(ValueError, match=r"broken.npz: missing keys \['files'\]"):
+        load_coefficients(tmp_path / "broken.npz")
 
 
 def test_holdout_locations_are_left_out_of_the_correction_and_are_the_ones_training_validates_on():
