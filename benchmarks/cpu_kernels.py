@@ -30,18 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-# The machine an emulated CPU pretends to be: each library's own ceiling variable.
-EMULATE = {
-    "native": {},
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-             "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR", "OPENBLAS_CORETYPE": "Haswell"},
-    "sse": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
-            "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR", "OPENBLAS_CORETYPE": "Nehalem"},
-    "1core": {},  # taskset -c 0, the libraries' default thread counts (1 on one core)
-    "qemu-haswell": {},
-    "qemu-epyc": {},
-}
-QEMU_CPU = {"qemu-haswell": "Haswell-v4", "qemu-epyc": "EPYC-Rome-v2"}
+sys.path.insert(0, str(REPO / "benchmarks"))
+from cpu_spread import EMULATE, QEMU_CPU  # noqa: E402  (the emulated CPUs: one list for both benchmarks)
 
 
 def _h(*arrays) -> str:

@@ -20,20 +20,13 @@ import yaml
 from conftest import REPO, venv_env
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+from cpu_spread import TINY as SPREAD_TINY  # noqa: E402
 from cpu_spread import stage_hashes  # noqa: E402
 
-TINY = {
-    "data": {"duration_s": 0.5},
-    "synth": {"enabled": True, "seed": 3, "clip_seconds": 0.5, "train_parallel_per_scene": 2,
-              "train_a_only_per_scene": 2, "evaluate_parallel_per_scene": 1, "evaluate_a_only_per_scene": 1},
-    "features": {"n_mels": 32},
-    "execution": {"features": {"batch_size": 16}},
-    "train": {"epochs": 1, "batch_size": 16},
-    "sweep": {"correction": ["ref_abc", "none"], "temperature": [1], "loss": ["focal"], "seed": [0]},
-    "report": {"fig2_temperatures": [1]},
-    "resources": {"train": {"cpus_per_task": 2}, "features": {"cpus_per_task": 2}, "default": {"cpus_per_task": 1}},
-    "cpu": {"kernels": "avx2", "threads": 1},
-}
+# cpu_spread's tiny pipeline, with one loss and two cores per training job
+TINY = {**json.loads(json.dumps(SPREAD_TINY)), "cpu": {"kernels": "avx2", "threads": 1}}
+TINY["sweep"] = {**TINY["sweep"], "loss": ["focal"]}
+TINY["resources"] = {**TINY["resources"], "train": {"cpus_per_task": 2}}
 MACHINE_B = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
              "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR", "OPENBLAS_CORETYPE": "Nehalem",
              "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "MKL_DYNAMIC": "TRUE"}
