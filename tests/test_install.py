@@ -78,6 +78,8 @@ def imported_distributions(folders) -> dict[str, set[str]]:
                     names = [node.module]
                 for name in names:
                     top = name.split(".")[0]
+                    if (path.parent / f"{top}.py").is_file():  # a script's sibling module (benchmarks/), not a package
+                        continue
                     if top not in stdlib and top not in ("heatedasc", "snakemake_logger_plugin_heatedasc", "snakemake",
                                                          "__future__"):
                         found.setdefault(top, set()).add(str(path.relative_to(REPO)))
