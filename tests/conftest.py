@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import subprocess
@@ -54,3 +55,22 @@ def tiny_project(tmp_path_factory) -> Path:
                     "--directory", str(work), "--configfile", str(REPO / "params.yaml"), str(work / "tiny.yaml")],
                    check=True, capture_output=True, env={**venv_env(), "PYTHONPATH": str(REPO / "src")}, timeout=900)
     return work
+
+
+@contextlib.contextmanager
+def headless_chromium():
+    """Debian's Chromium through playwright (skips, saying why, where either is missing); closed on the way out."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (`make test` as root installs Debian's chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.lock)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=[
+            "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            yield browser
+        finally:
+            browser.close()

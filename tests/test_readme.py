@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import REPO, venv_env
 from test_dvc import copy_working_tree
+from test_workflow import empty_tau_root
 
 pytestmark = pytest.mark.workflow
 
@@ -40,12 +41,7 @@ def checkout(tmp_path_factory):
     tau = root / "TAU"
     default_root = work / yaml.safe_load((work / "params.yaml").read_text())["data"]["root"]
     for folder in (tau, default_root):
-        (folder / "audio").mkdir(parents=True)
-        (folder / "evaluation_setup").mkdir()
-        (folder / "meta.csv").write_text("filename\tscene_label\tidentifier\tsource_label\n")
-        for fold in ("train", "evaluate"):
-            (folder / "evaluation_setup" / f"fold1_{fold}.csv").write_text("filename\tscene_label\n")
-        (folder / "evaluation_setup" / "fold1_test.csv").write_text("filename\n")
+        empty_tau_root(folder)
     (work / "my.yaml").write_text("train: {epochs: 3}\n")
     return work, tau
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, headless_chromium
 
 from heatedasc.report import REGISTRY, render_all
 from heatedasc.report import diagnostics as dx
@@ -570,37 +570,25 @@ def png_size(path) -> tuple[int, int]:
 def test_html_report_renders_every_artefact_in_a_headless_browser(partial, tmp_path):
     """Chromium opens the page: every figure decodes at its PNG's own size, every table has its rows, and
     the missing Ref.BC cells read 'missing'. The screenshot is kept in the test's tmp dir to look at."""
-    import shutil
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed (`make test` as root installs Debian's chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.lock)")
     _, _, out = partial
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=[
-            "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(Path(out["report_html"]).resolve().as_uri(), wait_until="load")
-            images = page.eval_on_selector_all("section img", """els => els.map(e => ({
-                section: e.closest('section').id, complete: e.complete, w: e.naturalWidth, h: e.naturalHeight,
-                shown: e.getBoundingClientRect().width}))""")
-            tables = page.eval_on_selector_all("section table", """els => els.map(e => ({
-                section: e.closest('section').id, rows: e.tBodies[0] ? e.tBodies[0].rows.length : 0,
-                text: e.innerText}))""")
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-            print(f"screenshot: {tmp_path / 'report.png'}")
-            config_shown = page.is_visible("#config pre")
-            # at a phone's width: the page itself never scrolls sideways (wide tables scroll in their own box)
-            phone = browser.new_page(viewport={"width": 390, "height": 844})
-            phone.goto(Path(out["report_html"]).resolve().as_uri(), wait_until="load")
-            phone_overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-            phone.screenshot(path=str(tmp_path / "report-phone.png"), full_page=True)
-            print(f"screenshot: {tmp_path / 'report-phone.png'}")
-        finally:
-            browser.close()
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(Path(out["report_html"]).resolve().as_uri(), wait_until="load")
+        images = page.eval_on_selector_all("section img", """els => els.map(e => ({
+            section: e.closest('section').id, complete: e.complete, w: e.naturalWidth, h: e.naturalHeight,
+            shown: e.getBoundingClientRect().width}))""")
+        tables = page.eval_on_selector_all("section table", """els => els.map(e => ({
+            section: e.closest('section').id, rows: e.tBodies[0] ? e.tBodies[0].rows.length : 0,
+            text: e.innerText}))""")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        print(f"screenshot: {tmp_path / 'report.png'}")
+        config_shown = page.is_visible("#config pre")
+        # at a phone's width: the page itself never scrolls sideways (wide tables scroll in their own box)
+        phone = browser.new_page(viewport={"width": 390, "height": 844})
+        phone.goto(Path(out["report_html"]).resolve().as_uri(), wait_until="load")
+        phone_overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        phone.screenshot(path=str(tmp_path / "report-phone.png"), full_page=True)
+        print(f"screenshot: {tmp_path / 'report-phone.png'}")
     decoded = {i["section"]: i for i in images}
     for key in ("fig3", "fig2", "reliability", "confusion"):
         img = decoded[key]

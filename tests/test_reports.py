@@ -2,12 +2,11 @@
 diagnostics, each with its title, caption and category from the report registry — checked in headless Chromium."""
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO, venv_env
+from conftest import REPO, headless_chromium, venv_env
 
 from heatedasc.report.registry import REGISTRY
 
@@ -28,26 +27,16 @@ def test_snakemake_report_files_every_table_and_figure_under_its_category(tiny_p
         escaped = json.dumps(caption)[1:-1]
         assert f'"labels": {{"name": "{title}"}}' in html and escaped in html and category in html, title
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed (`make test` as root installs Debian's chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.lock)")
     listed = {}
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=[
-            "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(report.resolve().as_uri(), wait_until="load")
+        for category in sorted({c for _, _, c in shown.values()}):
+            page.get_by_text(category, exact=True).first.click()
+            page.wait_for_timeout(300)
+            listed[category] = page.inner_text("body")
+            page.screenshot(path=str(tmp_path / f"{category.replace(' ', '_')}.png"))
             page.goto(report.resolve().as_uri(), wait_until="load")
-            for category in sorted({c for _, _, c in shown.values()}):
-                page.get_by_text(category, exact=True).first.click()
-                page.wait_for_timeout(300)
-                listed[category] = page.inner_text("body")
-                page.screenshot(path=str(tmp_path / f"{category.replace(' ', '_')}.png"))
-                page.goto(report.resolve().as_uri(), wait_until="load")
-        finally:
-            browser.close()
     print(f"screenshots: {tmp_path}")
     for title, _, category in shown.values():
         assert title in listed[category], (title, category)
