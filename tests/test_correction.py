@@ -9,6 +9,7 @@ import soundfile as sf
 import torch
 
 from heatedasc.correction import (
+    coefficient_curves,
     compute_mean_spectra,
     estimate_coefficients,
     load_coefficients,
@@ -208,19 +209,53 @@ def test_coefficients_round_trip_without_pickle_and_plot(tmp_path):
                                              devices=DEVICES)
         path = tmp_path / f"{name}.npz"
         save_coefficients(path, coefficients, correction=name, reference_devices=refs,
-                          estimator="ratio_of_means", files=spectra["filenames"].tolist())
+                          estimator="ratio_of_means", files=spectra["filenames"].tolist(), sample_rate=44100,
+                          n_fft=2048)
         loaded, meta = load_coefficients(path)
         assert list(loaded) == DEVICES
         for d in DEVICES:
             np.testing.assert_array_equal(loaded[d], coefficients[d])
+            assert loaded[d].dtype == np.float64
         assert meta["correction"] == name and meta["reference_devices"] == list(refs)
         assert meta["estimator"] == "ratio_of_means" and meta["files"] == spectra["filenames"].tolist()
-        assert meta["n_fft"] == 2048 and meta["sample_rate"] is None
+        assert meta["n_fft"] == 2048 and meta["sample_rate"] == 44100
+        with np.load(path, allow_pickle=False) as z:  # strings, not pickled objects
+            assert z["devices"].dtype.kind == z["files"].dtype.kind == z["reference_devices"].dtype.kind == "U"
+            assert z["reference_devices"].shape == (len(refs),)
         paths.append(path)
     out = tmp_path / "fig" / "coefficients.png"
     plot_coefficients(paths, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.parent.iterdir()) == ["coefficients.png"]
+
+
+def test_coefficient_curves_are_decibels_against_bin_frequencies(tmp_path):
+    """What the coefficient figure draws: bin k at k·sr/n_fft Hz, 20·log10 c in dB (closed form)."""
+    c = {"a": np.full(5, 10.0), "b": np.array([1.0, 0.1, 100.0, 2.0, 0.5])}
+    path = tmp_path / "ref_a.npz"
+    save_coefficients(path, c, correction="ref_a", reference_devices=["a"], estimator="mean_of_ratios", files=["x"],
+                      sample_rate=16000, n_fft=8)
+    title, curves = coefficient_curves(path)
+    assert title == "ref_a (ref a, mean_of_ratios)"
+    assert list(curves) == ["a", "b"]
+    np.testing.assert_array_equal(curves["b"][0], [0.0, 2000.0, 4000.0, 6000.0, 8000.0])
+    np.testing.assert_allclose(curves["a"][1], 20.0, rtol=1e-15)
+    np.testing.assert_allclose(curves["b"][1], [0.0, -20.0, 40.0, 20 * np.log10(2.0), 20 * np.log10(0.5)],
+                               rtol=1e-15, atol=1e-15)
+    save_coefficients(path, {"a": np.ones(5)}, correction="none", reference_devices=[], estimator="ratio_of_means",
+                      files=[], sample_rate=16000, n_fft=8)
+    assert coefficient_curves(path)[0] == "none (ref -, ratio_of_means)"
+    with np.load(path, allow_pickle=False) as z:  # empty lists are stored as empty string arrays too
+        assert z["files"].dtype.kind == z["reference_devices"].dtype.kind == "U"
+    save_coefficients(path, {"a": np.ones(5), "b": np.ones(5)}, correction="ref_ab", reference_devices=["a", "b"],
+                      estimator="ratio_of_means", files=[], sample_rate=16000, n_fft=9)  # odd n_fft: 9 // 2 + 1 bins
+    assert coefficient_curves(path)[0] == "ref_ab (ref a,b, ratio_of_means)"
+    np.testing.assert_allclose(coefficient_curves(path)[1]["b"][0], np.arange(5) * 16000 / 9, rtol=1e-15)
+    with pytest.raises(ValueError, match=r"ref_a.npz: 5 coefficients per device do not fit n_fft 16 \(9 bins\)"):
+        save_coefficients(path.with_name("ref_a.npz"), c, correction="ref_a", reference_devices=["a"],
+                          estimator="ratio_of_means", files=["x"], sample_rate=16000, n_fft=16)
+    with pytest.raises(ValueError, match="^plot_coefficients needs at least one coefficient file$"):
+        plot_coefficients([], tmp_path / "none.png")
 
 
 def test_coefficients_keep_their_sample_rate_and_n_fft_and_a_file_missing_a_key_is_named(tmp_path):
@@ -255,3 +290,135 @@ def test_holdout_locations_are_left_out_of_the_correction_and_are_the_ones_train
     rows = parallel_training_groups(fitted, DEVICES)
     assert set(rows["identifier"]).isdisjoint(held) and len(set(rows["identifier"])) == 7
     assert without_holdout(manifest, None) is manifest  # test / last selection: every location is fitted
+
+
+def test_one_device_alone_keeps_all_its_training_files_with_the_manifests_columns():
+    manifest = manifest_of([("bus-lyon-1-0", "a", "train"), ("bus-lyon-1-1", "a", "train"),
+                            ("bus-lyon-1-0", "b", "train"), ("bus-lyon-1-2", "a", "evaluate")])
+    rows = parallel_training_groups(manifest, ["a"])
+    assert rows["filename"].tolist() == ["audio/bus-lyon-1-0-a.wav", "audio/bus-lyon-1-1-a.wav"]
+    assert list(rows.columns) == list(manifest.columns) and rows.index.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="^parallel_training_groups needs at least one device$"):
+        parallel_training_groups(manifest, [])
+
+
+def test_duplicates_are_named_by_the_first_row_and_at_most_four_files_are_listed():
+    manifest = manifest_of([("bus-lyon-1-0", "a", "train"), ("park-lyon-2-0", "b", "train")] * 3)
+    with pytest.raises(DatasetError) as err:
+        parallel_training_groups(manifest, DEVICES)
+    assert str(err.value) == ("group 'bus-lyon-1-0' has more than one device-'a' file in split 'train' "
+                              "(audio/bus-lyon-1-0-a.wav, audio/park-lyon-2-0-b.wav, audio/bus-lyon-1-0-a.wav, "
+                              "audio/park-lyon-2-0-b.wav)")
+
+
+def test_the_log_names_at_most_three_files_left_out(caplog):
+    manifest = manifest_of([("bus-lyon-1-0", d, "train") for d in "abc"]
+                           + [(f"bus-lyon-1-{i}", "a", "train") for i in range(1, 6)])
+    with caplog.at_level("WARNING", logger="heatedasc.correction"):
+        parallel_training_groups(manifest, DEVICES)
+    assert [r.getMessage() for r in caplog.records] == [
+        "5 device-'a' files in split 'train' lack a twin of every device in ['a', 'b', 'c'] and are left out of the "
+        "spectrum correction (e.g. audio/bus-lyon-1-1-a.wav, audio/bus-lyon-1-2-a.wav, audio/bus-lyon-1-3-a.wav)"]
+
+
+def write_triplets(audio, rng, groups, silent=()):
+    spec = []
+    for g in groups:
+        for d in DEVICES:
+            x = np.zeros(4000) if (g, d) in silent else 0.1 * rng.standard_normal(4000)
+            sf.write(audio / f"{g}-{d}.wav", x, 16000, subtype="FLOAT")
+            spec.append((g, d, "train"))
+    return manifest_of(spec)
+
+
+def test_mean_spectra_average_the_float32_magnitudes_in_float64(tmp_path):
+    from heatedasc.dsp import stft_magnitude
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    manifest = write_triplets(audio, np.random.default_rng(3), ["bus-lyon-1-0", "bus-lyon-1-1"])
+    got = compute_mean_spectra(manifest, audio, n_fft=256, hop_length=64, remove_dc=False, devices=DEVICES,
+                               batch_size=3, progress=False)
+    assert got["spectra"].dtype == np.float64 and got["spectra"].shape == (6, 129)
+    assert got["devices"].tolist() == DEVICES * 2 and got["groups"].tolist() == ["bus-lyon-1-0"] * 3 + ["bus-lyon-1-1"] * 3
+    assert got["filenames"].dtype.kind == got["devices"].dtype.kind == got["groups"].dtype.kind == "U"
+    for i, f in enumerate(got["filenames"]):
+        wave = torch.from_numpy(sf.read(tmp_path / f, dtype="float32")[0])[None]
+        mag = stft_magnitude(wave, n_fft=256, hop_length=64, remove_dc=False)[0].numpy().astype(np.float64)
+        np.testing.assert_allclose(got["spectra"][i], mag.mean(axis=1), rtol=1e-13)
+
+
+def test_a_triplet_file_of_another_length_is_named_in_any_batch(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    manifest = write_triplets(audio, np.random.default_rng(5), ["bus-lyon-1-0", "bus-lyon-1-1"])
+    for d in DEVICES:  # the whole second batch is shorter: only the first batch's length tells
+        sf.write(audio / f"bus-lyon-1-1-{d}.wav", np.zeros(3000), 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match=r"bus-lyon-1-1-a.wav: .*3000.*4000|bus-lyon-1-1-a.wav: .*4000.*3000"):
+        compute_mean_spectra(manifest, audio, n_fft=256, hop_length=64, remove_dc=False, devices=DEVICES,
+                             batch_size=3, progress=False)
+
+
+def test_coefficients_are_stored_in_float64(tmp_path):
+    save_coefficients(tmp_path / "c.npz", {"a": np.float32([1.5, 0.25, 3.0])}, correction="ref_a",
+                      reference_devices=["a"], estimator="ratio_of_means", files=["x"], sample_rate=8, n_fft=4)
+    with np.load(tmp_path / "c.npz") as z:
+        assert z["coefficients"].dtype == np.float64
+
+
+def test_every_silent_triplet_file_is_counted(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    manifest = write_triplets(audio, np.random.default_rng(4), ["bus-lyon-1-0", "bus-lyon-1-1"],
+                              silent={("bus-lyon-1-0", "b"), ("bus-lyon-1-1", "c")})
+    with pytest.raises(ValueError, match=r"bus-lyon-1-0-b.wav: .* \(2 such file\(s\) among the training triplets\)"):
+        compute_mean_spectra(manifest, audio, n_fft=256, hop_length=64, remove_dc=False, devices=DEVICES,
+                             batch_size=6, progress=False)
+
+
+def test_coefficients_are_computed_in_float64_from_float32_spectra():
+    spectra = random_spectra(np.random.default_rng(8), 3, 17)
+    single = {**spectra, "spectra": spectra["spectra"].astype(np.float32)}
+    for estimator in ("ratio_of_means", "mean_of_ratios"):
+        got = estimate_coefficients(single, reference_devices=["a", "b"], estimator=estimator, devices=DEVICES)
+        want = estimate_coefficients({**spectra, "spectra": single["spectra"].astype(np.float64)},
+                                     reference_devices=["a", "b"], estimator=estimator, devices=DEVICES)
+        for d in DEVICES:
+            assert got[d].dtype == np.float64
+            np.testing.assert_array_equal(got[d], want[d])
+
+
+def test_coefficient_estimation_errors_are_named():
+    spectra = random_spectra(np.random.default_rng(9), 2, 5)
+    broken = {k: v[[0, 1, 5]] for k, v in spectra.items()}  # g0: a, b; g1: c — no group holds all three
+    with pytest.raises(DatasetError, match=r"^no group holds all devices \['a', 'b', 'c'\] in split 'train' "
+                                           r"\(mean spectra\)$"):
+        estimate_coefficients(broken, reference_devices=["a"], estimator="mean_of_ratios", devices=DEVICES)
+    spectra["spectra"][[1, 4], 3] = 0.0  # device b, bin 3, in both groups
+    with pytest.raises(ValueError, match=r"^coefficients for device 'b' are not finite \(a silent file or frequency "
+                                         r"bin\?\)$"):
+        estimate_coefficients(spectra, reference_devices=["a"], estimator="ratio_of_means", devices=DEVICES)
+
+
+def test_mean_spectra_round_trip_in_float64_and_refuse_pickles_and_missing_keys(tmp_path):
+    spectra = random_spectra(np.random.default_rng(10), 2, 9)
+    save_mean_spectra(tmp_path / "m.npz", {**spectra, "spectra": spectra["spectra"].astype(np.float32)})
+    loaded = load_mean_spectra(tmp_path / "m.npz")
+    for k in ("filenames", "devices", "groups"):
+        assert loaded[k].tolist() == spectra[k].tolist() and loaded[k].dtype.kind == "U"
+    assert loaded["spectra"].dtype == np.float64
+    np.testing.assert_array_equal(loaded["spectra"], spectra["spectra"].astype(np.float32))
+    np.savez(tmp_path / "short.npz", filenames=spectra["filenames"], spectra=spectra["spectra"])
+    with pytest.raises(ValueError, match=r"short.npz: missing keys \['devices', 'groups'\]$"):
+        load_mean_spectra(tmp_path / "short.npz")
+    np.savez(tmp_path / "pickled.npz", **{**spectra, "devices": np.asarray(list(spectra["devices"]), dtype=object)})
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        load_mean_spectra(tmp_path / "pickled.npz")
+    c = estimate_coefficients(spectra, reference_devices=["a"], estimator="ratio_of_means", devices=DEVICES)
+    save_coefficients(tmp_path / "c.npz", c, correction="ref_a", reference_devices=["a"], estimator="ratio_of_means",
+                      files=["x"], sample_rate=16000, n_fft=16)
+    with np.load(tmp_path / "c.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(tmp_path / "c_pickled.npz", **{**arrays, "files": np.asarray(["x"], dtype=object)})
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        load_coefficients(tmp_path / "c_pickled.npz")

@@ -31,6 +31,8 @@ def test_device_accuracies_count_each_devices_rows_alone():
     assert got["avg_bc"] == pytest.approx(1 / 6) and got["overall"] == pytest.approx(4 / 9)
     none_of_c = device_accuracies(pred[:7], labels[:7], devices[:7])
     assert np.isnan(none_of_c["acc_c"]) and np.isnan(none_of_c["avg_bc"])
+    empty = device_accuracies(pred[:0], labels[:0], devices[:0])
+    assert all(np.isnan(v) for v in empty.values()) and set(empty) == {"acc_a", "acc_b", "acc_c", "avg_bc", "overall"}
 
 
 class FlatExtractor:
@@ -83,3 +85,58 @@ def test_mean_spectra_are_the_same_for_every_batch_size_down_to_one(tmp_path):
     np.testing.assert_array_equal(one["spectra"], four["spectra"])
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         compute_mean_spectra(m, tmp_path / "audio", batch_size=0, **kw)
+
+
+def test_running_statistics_take_a_batch_of_one_frame_and_skip_an_empty_one():
+    rng = np.random.default_rng(3)
+    batches = [rng.standard_normal((1, 4, 1)), np.empty((0, 4, 5)), rng.standard_normal((2, 4, 3))]
+    running = feature_stats.RunningMeanStd(4)
+    for b in batches:
+        running.update(b)
+    flat = np.concatenate([b.transpose(1, 0, 2).reshape(4, -1) for b in batches], axis=1)
+    assert running.count == 7
+    np.testing.assert_allclose(running.mean, flat.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(running.std, flat.std(axis=1), rtol=1e-12)
+
+
+def test_feature_statistics_name_at_most_ten_constant_bins_and_need_training_rows(monkeypatch):
+    class Wide(FlatExtractor):
+        n_mels = 12
+
+    monkeypatch.setattr(feature_stats, "iter_log_mel", lambda rows, *a, **k: iter([(0, np.ones((2, 12, 5)))]))
+    with pytest.raises(ValueError, match=r"^mel bins \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\] have zero variance over the "
+                                         r"training split; cannot standardise$"):
+        feature_stats.compute_feature_stats(manifest(2), ".", Wide(), batch_size=2, progress=False)
+    with pytest.raises(ValueError, match=r"^manifest has no rows with split 'train' to compute feature statistics "
+                                         r"from$"):
+        feature_stats.compute_feature_stats(manifest(2).assign(split="evaluate"), ".", Wide(), batch_size=2,
+                                            progress=False)
+
+
+def test_feature_statistics_files_are_float64_without_pickles(tmp_path):
+    stats = {"mean": np.float32([1.5, 2.25]), "std": np.float32([0.5, 3.0]), "n_frames": 7, "n_files": 2}
+    feature_stats.save_stats(tmp_path / "s.npz", stats)
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["mean"].dtype == z["std"].dtype == np.float64
+    loaded = feature_stats.load_stats(tmp_path / "s.npz")
+    assert loaded["mean"].tolist() == [1.5, 2.25] and loaded["std"].tolist() == [0.5, 3.0]
+    assert loaded["n_frames"] == 7 and loaded["n_files"] == 2
+    np.savez(tmp_path / "short.npz", mean=np.zeros(2), std=np.ones(2))
+    with pytest.raises(ValueError, match=r"short.npz: missing keys \['n_files', 'n_frames'\]$"):
+        feature_stats.load_stats(tmp_path / "short.npz")
+    np.savez(tmp_path / "pickled.npz", mean=np.zeros(2), std=np.asarray([1, 1], dtype=object), n_frames=1, n_files=1)
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        feature_stats.load_stats(tmp_path / "pickled.npz")
+
+
+def test_expected_calibration_error_with_five_bins_by_hand():
+    from heatedasc.metrics import expected_calibration_error
+
+    # top-class confidences 0.3, 0.5, 0.55, 0.9, 0.95; correct: yes, no, yes, yes, no
+    probs = np.array([[0.3, 0.25, 0.25, 0.2], [0.5, 0.5 - 1e-9, 1e-9, 0.0], [0.2, 0.55, 0.25, 0.0],
+                      [0.05, 0.05, 0.9, 0.0], [0.95, 0.05, 0.0, 0.0]])
+    labels = np.array([0, 1, 1, 2, 1])
+    # 5 bins (0, .2], (.2, .4], (.4, .6], (.6, .8], (.8, 1]: {0.3: 1/1}, {0.5, 0.55: 1/2}, {0.9, 0.95: 1/2}
+    want = (1 * abs(1 - 0.3) + 2 * abs(0.5 - 0.525) + 2 * abs(0.5 - 0.925)) / 5
+    assert expected_calibration_error(probs, labels, n_bins=5) == pytest.approx(want, rel=1e-12)
+    assert expected_calibration_error(probs, labels) != pytest.approx(want, rel=1e-6)  # the default is 15 bins

@@ -79,7 +79,7 @@ def equivalents() -> dict[tuple[str, str, str, str], str]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        body, _, reason = line.partition("  # ")
+        body, _, reason = line.rpartition("  # ")  # the code may hold a comment of its own
         parts = body.split("  ", 2)
         if len(parts) != 3 or " ⇒ " not in parts[2] or not reason.strip():
             raise SystemExit(f"{EQUIVALENT.name}:{n}: expected '<module>  <function>  <old> ⇒ <new>  # reason'")

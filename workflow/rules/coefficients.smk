@@ -55,9 +55,6 @@ rule coefficient_plot:
     output:
         out=shown("coefficient_plot"),
         provenance=path("coefficient_plot_prov"),
-    params:
-        sample_rate=config["data"]["sample_rate"],
-        n_fft=config["features"]["n_fft"],
     log:
         log_path("coefficient_plot"),
     benchmark:

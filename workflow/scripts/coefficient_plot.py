@@ -4,4 +4,4 @@ from heatedasc.correction import plot_coefficients
 from heatedasc.job import run_job
 
 with run_job(snakemake):
-    plot_coefficients(list(snakemake.input.coefficients), snakemake.output.out, default_sample_rate=snakemake.params.sample_rate)
+    plot_coefficients(list(snakemake.input.coefficients), snakemake.output.out)
