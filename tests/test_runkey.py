@@ -16,7 +16,9 @@ from conftest import REPO, venv_env
 from test_workflow import TINY, empty_tau_root, job_counts, write_override
 
 from heatedasc.config import ConfigError, check_consistency, load_config
-from heatedasc.report.paper import make_table2
+from heatedasc.report import REGISTRY
+from heatedasc.report.context import RenderContext
+from heatedasc.report.paper import fig3_data, make_table2, render_tables
 from heatedasc.report.runs import (
     correction_colors,
     correction_labels,
@@ -106,7 +108,6 @@ def test_find_runs_finds_run_folders_of_any_axes_and_nothing_else(tmp_path):
     for rel in made + ["ref_abc/notT/focal/seed0", "ref_abc/T1/focal/seed0/resume"]:
         (runs / rel).mkdir(parents=True)
         (runs / rel / "metrics.json").write_text("{}")
-    (runs / "none/T10/ce/seed1/metrics.json").unlink(missing_ok=True)  # a folder of folders holds no run itself
     assert find_runs(tmp_path) == sorted(runs / rel / "metrics.json" for rel in made)
 
 
@@ -136,6 +137,13 @@ def test_the_report_reads_a_further_axis_by_name_and_never_pools_it_as_seeds(tmp
         make_table2(runs, temperature=1, paper_table2={}, labels={"ref_abc": "Ref.ABC"})
     cell = select_cell(runs, correction="ref_abc", temperature=1, loss="focal", mixup_alpha=0.2)
     assert sorted(cell["seed"]) == [0, 1] and set(cell["acc_a"]) == {0.7}
+    # the summary metrics average over seeds too: refused before any is written
+    out = {"summary": str(tmp_path / "out" / "metrics.json"), "dvc_metrics": str(tmp_path / "out" / "metrics")}
+    with pytest.raises(ValueError, match="the tables and metrics differ in the sweep axis/axes mixup_alpha"):
+        render_tables(RenderContext(config=PARAMS, registry=REGISTRY, runs=runs), out)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        fig3_data(runs, loss="focal")
 
 
 def test_runs_of_the_paper_axes_only_carry_no_further_axis(tmp_path):

@@ -130,11 +130,12 @@ def table3_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
 
 def render_tables(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:
     cfg, paper = ctx.config["report"], ctx.config["paper"]
+    assert ctx.runs is not None  # the artefact needs the runs' metrics (registry)
+    one_per_seed(ctx.runs, ctx.runs, "the tables and metrics")  # their means are over seeds: before writing any
     write_json(out["summary"], summary_metrics(ctx.runs))
     with atomic_dir(out["dvc_metrics"]) as folder:
         for correction, row in dvc_metrics(ctx.runs, temperature=cfg["table2_temperature"]).items():
             write_json(folder / f"{correction}.json", row)
-    assert ctx.runs is not None  # the artefact needs the runs' metrics (registry)
     labels = correction_labels(cfg, ctx.runs["correction"])
     return {"table2": make_table2(ctx.runs, temperature=cfg["table2_temperature"], paper_table2=paper["table2"],
                                   labels=labels),
