@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, cast
 
+from heatedasc.runkey import find_runs
+
 SUMMARY = Path("results") / "metrics.json"
 ACCURACY_KEYS = ("avg_bc", "acc_a", "acc_b", "acc_c", "acc_overall")  # fractions in 0-1: compared in pp
 # The devices whose test clips an accuracy counts.
@@ -156,7 +158,7 @@ def verdict(diffs: list[Difference], identity_expected: bool | None) -> str:
 # ------------------------------------------------------------------------------ what the run promises
 def evaluation_sizes(results_dir: str | Path) -> dict[str, int] | None:
     """Test clips per device ({'a': 100, 'b': 40, 'c': 40}) from a run's metrics.json, or None."""
-    for path in sorted(Path(results_dir).glob("runs/*/*/*/*/metrics.json")):
+    for path in find_runs(results_dir, "metrics.json"):
         try:
             n_test = json.loads(path.read_text()).get("n_test")
         except (OSError, ValueError):
@@ -172,7 +174,7 @@ def identity_expected(results_dir: str | Path) -> tuple[bool | None, str]:
     from heatedasc.provenance import load_volatile
 
     results_dir = Path(results_dir)
-    records = sorted(results_dir.glob("runs/*/*/*/*/provenance.json"))
+    records = find_runs(results_dir, "provenance.json")
     if not records:
         return None, "no training-run provenance records under " + str(results_dir / "runs")
     for record in records:

@@ -151,6 +151,8 @@ def check_consistency(config: Mapping) -> None:
     for c in config["sweep"]["correction"]:
         check("sweep.correction", c)
     report = config["report"]
+    for c in report.get("corrections") or {}:
+        check(f"report.corrections.{c}", c)
     check("report.fig2_correction", report["fig2_correction"])
     for i, row in enumerate(report["table3_rows"]):
         check(f"report.table3_rows[{i}] ({row['name']})", row["correction"])

@@ -524,7 +524,8 @@ def run_training(
 ) -> dict:
     """Train one (correction, T, loss, seed) run and write its outputs to `out_dir`; return the metrics.
 
-    `correction` only labels metrics.json (default: the run-dir component above T{temperature}).
+    `correction` only labels metrics.json (default: the correction of `out_dir` read as a run folder, '' if it is
+    not one).
     `stop_after_epoch` ends the run after that epoch's checkpoint, as a kill would (for tests); it
     then returns {"stopped_after_epoch": k} and writes no outputs.
     """
@@ -584,8 +585,11 @@ def run_training(
         raise ValueError(
             f"{train.npy_path}: clips of {train.clip_shape} are too small for the model's conv blocks"
         ) from exc
-    if correction is None:
-        correction = out_dir.parts[-4] if len(out_dir.parts) >= 4 else ""
+    if correction is None:  # the run folder's own key (heatedasc.runkey), never a guess from its depth
+        from heatedasc.runkey import parse_run_dir
+
+        run_key = parse_run_dir(out_dir)
+        correction = run_key["correction"] if run_key is not None else ""
     holdout = run_holdout(cfg)
     check_cache_origin(train, correction=correction, split="train", holdout=holdout)
     check_cache_origin(test, correction=correction, split="evaluate", holdout=holdout)

@@ -4,9 +4,11 @@
 import os
 
 from heatedasc.report.registry import REGISTRY as REPORT
+from heatedasc.runkey import RunLayout, format_temperature
 
 DATA_ROOT = config["data"]["root"]
 SWEEP = config["sweep"]
+RUNS = RunLayout.from_config(config)  # the grid: one training run per key (heatedasc.runkey owns its paths)
 EXECUTION = config["execution"]  # speed-only settings: passed to jobs as params.execution, never recorded
 
 # Every path of the workflow, built from wildcards here and nowhere else.
@@ -24,7 +26,7 @@ PATHS = {
     "stats": "results/features/{correction}/stats.npz",
     "cache": "results/features/{correction}/{split}.npy",
     "cache_index": "results/features/{correction}/{split}.csv",
-    "run": "results/runs/{correction}/T{temperature}/{loss}/seed{seed}",
+    "run": RUNS.pattern("results"),  # results/runs/{correction}/T{temperature}/{loss}/seed{seed}[/{axis}=...]
     # The report's outputs, provenance records and the coefficient plot it shows: from its registry
     # (heatedasc.report.registry), where each artefact is declared once.
     **REPORT.paths("results"),
@@ -59,13 +61,6 @@ def benchmark_path(rule_name, pattern=""):
     return os.path.join("logs", "benchmarks", rule_name, f"{pattern or rule_name}.tsv")
 
 
-def format_temperature(t):
-    """1.0 -> '1', 2.5 -> '2.5': the T{temperature} path component."""
-    t = float(t)
-    return str(int(t)) if t.is_integer() else repr(t)
-
-
-TEMPERATURES = [format_temperature(t) for t in SWEEP["temperature"]]
 # With train.selection holdout, the validation locations are left out of every fit (correction, statistics).
 HOLDOUT = (
     {"fraction": config["train"]["holdout_fraction"], "seed": config["train"]["holdout_seed"]}
@@ -75,19 +70,10 @@ HOLDOUT = (
 SPLITS = ["train", "evaluate"]
 
 
-def sweep_runs(correction=None, temperature=None, loss=None, seed=None):
-    """Every (correction, T, loss, seed) of the configured grid, optionally filtered."""
-    runs = []
-    for c in SWEEP["correction"]:
-        for t in TEMPERATURES:
-            for l in SWEEP["loss"]:
-                for s in SWEEP["seed"]:
-                    if correction not in (None, c) or temperature not in (None, t):
-                        continue
-                    if loss not in (None, l) or seed not in (None, s):
-                        continue
-                    runs.append(dict(correction=c, temperature=t, loss=l, seed=s))
-    return runs
+def sweep_runs(**only):
+    """The wildcards of every run of the configured grid (the product over its axes), optionally only those
+    whose axes equal the given values."""
+    return [key.wildcards for key in RUNS.keys(**only)]
 
 
 def all_run_files(name):
@@ -146,8 +132,5 @@ def run_was_partial(workflow):
 
 
 wildcard_constraints:
-    correction="|".join(config["correction"]["references"]),
     split="train|evaluate",
-    temperature=r"[0-9]+(\.[0-9]+)?",
-    loss="focal|ce",
-    seed=r"[0-9]+",
+    **RUNS.wildcard_constraints(),

@@ -1,4 +1,4 @@
-# Stage 4: one training run per (correction, T, loss, seed) — the only GPU rule.
+# Stage 4: one training run per key of the sweep (correction, T, loss, seed, ...: RUNS) — the only GPU rule.
 
 
 rule train:
@@ -18,9 +18,9 @@ rule train:
         execution=EXECUTION["train"],
     threads: rule_resources("train")["cpus_per_task"]
     log:
-        log_path("train", "{correction}/T{temperature}/{loss}/seed{seed}"),
+        log_path("train", RUNS.relative_pattern()),
     benchmark:
-        benchmark_path("train", "{correction}/T{temperature}/{loss}/seed{seed}")
+        benchmark_path("train", RUNS.relative_pattern())
     resources:
         **rule_resources("train"),
     script:

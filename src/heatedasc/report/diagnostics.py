@@ -14,9 +14,9 @@ import pandas as pd
 from heatedasc.metrics import ECE_BINS, ece_from_bins, reliability_bins
 from heatedasc.plotting import pyplot, save_figure
 from heatedasc.report.runs import (
-    LABELS,
     METRICS,
     class_names,
+    correction_labels,
     grid_axes,
     load_outcomes,
     load_predictions,
@@ -69,15 +69,17 @@ def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
                                        "n_pooled_runs", "ece_pooled", "accuracy_pooled", "confidence_pooled"])
 
 
-def calibration_frame(table: pd.DataFrame, *, corrections, temperatures, losses) -> pd.DataFrame:
-    """The printed grid: correction × loss rows, T columns over the configured axes, "missing" where a
-    cell has no run."""
+def calibration_frame(table: pd.DataFrame, *, corrections, temperatures, losses,
+                      labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The printed grid: correction × loss rows (each correction by its label, `labels`), T columns over the
+    configured axes, "missing" where a cell has no run."""
+    labels = labels or {}
     temps = sorted({float(t) for t in temperatures} | set(table["temperature"].astype(float)))
     corrs = list(dict.fromkeys(list(corrections) + list(table["correction"])))
     rows = []
     for loss in dict.fromkeys(list(losses) + list(table["loss"])):
         for corr in corrs:
-            cells = [loss, LABELS.get(corr, corr)]
+            cells = [loss, labels.get(corr, corr)]
             for t in temps:
                 hit = table[(table["correction"] == corr) & (table["loss"] == loss)
                             & np.isclose(table["temperature"].astype(float), t)]
@@ -94,7 +96,7 @@ def calibration_frame(table: pd.DataFrame, *, corrections, temperatures, losses)
 def calibration_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
     sweep = grid_axes(ctx.config, ctx.runs)
     frame = calibration_frame(data, corrections=sweep["correction"], temperatures=sweep["temperature"],
-                              losses=sweep["loss"])
+                              losses=sweep["loss"], labels=correction_labels(ctx.config["report"]))
     note = (f"ECE in %, {ECE_BINS} equal-width confidence bins: mean ± sd over seeds (number of seeds); "
             "\"missing\" = no run of that cell. The heated-up softmax is trained with p = softmax(z/T), "
             "so its probabilities are those at the training temperature T. Pooled-over-seeds ECE, accuracy "
@@ -102,9 +104,11 @@ def calibration_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
     return TableDoc("Expected calibration error (%) of softmax(z/T) on the test set", frame, (note,))
 
 
-def plot_reliability(runs: pd.DataFrame, out_png, *, loss: str, corrections, temperatures) -> None:
-    """Reliability diagrams, rows = correction, columns = T, test predictions of `loss` runs pooled over
-    seeds; each panel names its pooled ECE and the per-seed mean ± sd."""
+def plot_reliability(runs: pd.DataFrame, out_png, *, loss: str, corrections, temperatures,
+                     shown_as: Mapping[str, str] | None = None) -> None:
+    """Reliability diagrams, rows = correction (by its label, `shown_as`), columns = T, test predictions of `loss`
+    runs pooled over seeds; each panel names its pooled ECE and the per-seed mean ± sd."""
+    shown_as = shown_as or {}
     plt = pyplot()
     temps = sorted({float(t) for t in temperatures} | set(runs.loc[runs["loss"] == loss, "temperature"].astype(float)))
     corrs = list(dict.fromkeys(list(corrections) + list(runs.loc[runs["loss"] == loss, "correction"])))
@@ -116,7 +120,7 @@ def plot_reliability(runs: pd.DataFrame, out_png, *, loss: str, corrections, tem
             ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
-            ax.set_title(f"{LABELS.get(corr, corr)}, T={t:g}", fontsize=8)
+            ax.set_title(f"{shown_as.get(corr, corr)}, T={t:g}", fontsize=8)
             cell = select_cell(runs, correction=corr, temperature=t, loss=loss)
             preds = [p for p in (load_predictions(d) for d in cell["run_dir"]) if p is not None]
             if not preds:
@@ -153,7 +157,8 @@ def plot_reliability(runs: pd.DataFrame, out_png, *, loss: str, corrections, tem
 def render_calibration(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:
     sweep = grid_axes(ctx.config, ctx.runs)
     plot_reliability(ctx.runs, out["reliability"], loss=ctx.config["report"]["calibration_loss"],
-                     corrections=sweep["correction"], temperatures=sweep["temperature"])
+                     corrections=sweep["correction"], temperatures=sweep["temperature"],
+                     shown_as=correction_labels(ctx.config["report"]))
     return {"calibration": calibration_table(ctx.runs)}
 
 
@@ -266,8 +271,8 @@ def z_quantile(confidence: float) -> float:
     return float(stats.norm.ppf(0.5 + confidence / 2))
 
 
-def _describe(side: dict) -> str:
-    return f"{LABELS.get(side['correction'], side['correction'])} T={float(side['temperature']):g} {side['loss']}"
+def _describe(side: dict, labels: Mapping[str, str]) -> str:
+    return f"{labels.get(side['correction'], side['correction'])} T={float(side['temperature']):g} {side['loss']}"
 
 
 def _verdict(low: float, high: float, level: str, what: str) -> str:
@@ -390,10 +395,13 @@ def combined_interval(mean: float, seed_half: float, se_test: float, *, confiden
 
 
 def significance_table(runs: pd.DataFrame, comparisons: list, *, confidence: float = 0.95,
-                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> pd.DataFrame:
+                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                       labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Every configured comparison {name, metric, a: cell, b: cell}, paired over seeds, in percentage points:
     the seed interval, the test-set sampling interval, both combined (the verdict), and the verdict of the
-    family of comparisons (Bonferroni over those with an interval)."""
+    family of comparisons (Bonferroni over those with an interval). Cells are named by their correction's label
+    (`labels`; its own name where none)."""
+    labels = labels or {}
     rows = []
     for comp in comparisons:
         metric = METRICS.get(comp["metric"], comp["metric"])
@@ -423,8 +431,8 @@ def significance_table(runs: pd.DataFrame, comparisons: list, *, confidence: flo
                     res["mean_diff"], res["ci_high"] - res["mean_diff"], sampling["se_test"], confidence=confidence)
                 res["verdict"] = _verdict(res["total_low"], res["total_high"], f"{confidence * 100:g}%",
                                           "seeds and test clips")
-        rows.append({"comparison": comp["name"], "metric": comp["metric"], "a": _describe(comp["a"]),
-                     "b": _describe(comp["b"]), "n_a": len(sides["a"]), "n_b": len(sides["b"]), **res,
+        rows.append({"comparison": comp["name"], "metric": comp["metric"], "a": _describe(comp["a"], labels),
+                     "b": _describe(comp["b"], labels), "n_a": len(sides["a"]), "n_b": len(sides["b"]), **res,
                      "claim": comp.get("claim", "")})
     table = pd.DataFrame(rows, columns=["comparison", "metric", "a", "b", "n_a", "n_b", "n_pairs", "seeds", "mean_a",
                                         "mean_b", "mean_diff", "sd_diff", "t_crit", "ci_low", "ci_high", "se_test",
@@ -505,4 +513,4 @@ def significance_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
 def render_significance(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:
     cfg = ctx.config["report"]
     return {"significance": significance_table(ctx.runs, list(cfg["comparisons"]),
-                                               confidence=float(cfg["confidence"]))}
+                                               confidence=float(cfg["confidence"]), labels=correction_labels(cfg))}

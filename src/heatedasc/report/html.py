@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from heatedasc.fileio import write_text
 from heatedasc.report.runs import selection_note
+from heatedasc.runkey import run_label
 
 if TYPE_CHECKING:
     from heatedasc.report.context import RenderContext
@@ -123,7 +124,7 @@ def lineage_rows(provenance_files: Iterable) -> list[dict]:
 
         rows.append({
             "record": str(f),
-            "run": "/".join(str(wc.get(k, "?")) for k in ("correction", "temperature", "loss", "seed")),
+            "run": run_label(wc),
             "fingerprint": recipe_digest(rec),
             "library": code_digest(rec),
             "torch": rec.get("packages", {}).get("torch"),

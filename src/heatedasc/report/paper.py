@@ -12,7 +12,15 @@ import pandas as pd
 
 from heatedasc.fileio import atomic_dir, write_json
 from heatedasc.plotting import pyplot, save_figure
-from heatedasc.report.runs import LABELS, METRICS, class_names, select_cell, selection_note
+from heatedasc.report.runs import (
+    METRICS,
+    class_names,
+    correction_colors,
+    correction_labels,
+    one_per_seed,
+    select_cell,
+    selection_note,
+)
 from heatedasc.report.tables import TableDoc, format_cell, format_plain, format_published, integer_counts, isnan
 
 if TYPE_CHECKING:
@@ -36,10 +44,14 @@ def _count_columns(df: pd.DataFrame) -> list[str]:
 
 
 # ---------------------------------------------------------------- Tables 2 and 3
-def make_table2(runs: pd.DataFrame, *, temperature, paper_table2: dict) -> pd.DataFrame:
-    """Rows per correction; per loss × (Dev.A, Avg.BC): mean, sd (ddof=1), n seeds, paper, diff (%)."""
+def make_table2(runs: pd.DataFrame, *, temperature, paper_table2: dict, labels: Mapping[str, str]) -> pd.DataFrame:
+    """Rows per correction (`labels`: correction -> its label, in row order; a correction of `runs` not in it
+    gets a row under its own name); per loss × (Dev.A, Avg.BC): mean, sd (ddof=1), n seeds, paper, diff (%)."""
     rows = []
-    for corr, label in LABELS.items():
+    rows_of = dict(labels)
+    for corr in runs["correction"]:
+        rows_of.setdefault(str(corr), str(corr))
+    for corr, label in rows_of.items():
         row: dict[str, Any] = {"correction": label}
         for loss in ("focal", "ce"):
             cell = select_cell(runs, correction=corr, temperature=temperature, loss=loss)
@@ -118,36 +130,51 @@ def table3_document(data: pd.DataFrame, ctx: RenderContext) -> TableDoc:
 
 def render_tables(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:
     cfg, paper = ctx.config["report"], ctx.config["paper"]
+    assert ctx.runs is not None  # the artefact needs the runs' metrics (registry)
+    one_per_seed(ctx.runs, ctx.runs, "the tables and metrics")  # their means are over seeds: before writing any
     write_json(out["summary"], summary_metrics(ctx.runs))
     with atomic_dir(out["dvc_metrics"]) as folder:
         for correction, row in dvc_metrics(ctx.runs, temperature=cfg["table2_temperature"]).items():
             write_json(folder / f"{correction}.json", row)
-    return {"table2": make_table2(ctx.runs, temperature=cfg["table2_temperature"], paper_table2=paper["table2"]),
+    labels = correction_labels(cfg, ctx.runs["correction"])
+    return {"table2": make_table2(ctx.runs, temperature=cfg["table2_temperature"], paper_table2=paper["table2"],
+                                  labels=labels),
             "table3": make_table3(ctx.runs, rows=cfg["table3_rows"], quoted=paper["table3_quoted"],
                                   paper_ours=paper["table3_ours"])}
 
 
 # ---------------------------------------------------------------- Fig. 3
-def fig3_data(runs: pd.DataFrame, *, loss: str) -> pd.DataFrame:
+def fig3_data(runs: pd.DataFrame, *, loss: str, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Mean ± sd over seeds of Avg.BC and Dev.A per (correction, T) of the `loss` runs, the correction by its label
+    (`labels`: correction -> label; its own name where none)."""
+    labels = labels or {}
     sel = runs[runs["loss"] == loss]
     rows = []
     for (corr, t), g in sel.groupby(["correction", "temperature"]):
+        one_per_seed(runs, g, f"correction {corr}, T={float(t):g}, loss {loss}")  # never pooled over further axes
         for name in ("Avg.BC", "Dev.A"):
             mean, sd, n = _agg(g[METRICS[name]])
-            rows.append({"correction": LABELS.get(corr, corr), "temperature": t, "metric": name,
+            rows.append({"correction": labels.get(corr, corr), "temperature": t, "metric": name,
                          "mean": mean, "sd": sd, "n": n})
     return pd.DataFrame(rows, columns=["correction", "temperature", "metric", "mean", "sd", "n"])
 
 
 def plot_fig3(data: pd.DataFrame, out_png, *, out_pdf=None, loss: str, paper_best: dict | None = None,
-              paper_best_label: str = "paper best") -> None:
+              paper_best_label: str = "paper best", report_cfg: Mapping | None = None) -> None:
     """Accuracy against T per correction (fig3_data), mean ± sd band over seeds. `paper_best` (docs/reproduction.md §9, %)
-    holds `temperature`, `avg_bc` and `dev_a` of the paper's best row, drawn as a star."""
+    holds `temperature`, `avg_bc` and `dev_a` of the paper's best row, drawn as a star. The corrections' labels
+    and colours: `report.corrections` of `report_cfg` (seaborn's colorblind palette where it gives no colour);
+    a labelled correction with no run is named as missing."""
     import seaborn as sns
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    palette = dict(zip(LABELS.values(), sns.color_palette("colorblind", 3)))
+    report_cfg = report_cfg or {}
+    labels = correction_labels(report_cfg)
+    for label in dict.fromkeys(data["correction"]):  # drawn under a label (fig3_data): one not configured is its own
+        if label not in labels.values():
+            labels[label] = label
+    palette = correction_colors(report_cfg, labels, sns.color_palette("colorblind", max(len(labels), 3)))
     for ax, name in zip(axes, ("Avg.BC", "Dev.A")):
         d = data[data["metric"] == name]
         for corr, g in d.groupby("correction"):
@@ -155,7 +182,7 @@ def plot_fig3(data: pd.DataFrame, out_png, *, out_pdf=None, loss: str, paper_bes
             ax.plot(g["temperature"], g["mean"], marker="o", label=corr, color=palette.get(corr))
             sd = g["sd"].fillna(0.0)
             ax.fill_between(g["temperature"], g["mean"] - sd, g["mean"] + sd, alpha=0.2, color=palette.get(corr))
-        for label in LABELS.values():  # a correction with no run is named as missing, never drawn as 0
+        for label in labels.values():  # a correction with no run is named as missing, never drawn as 0
             if label not in set(d["correction"]):
                 ax.plot([], [], linestyle="none", marker="x", color=palette.get(label), label=f"{label}: no runs")
         if paper_best:
@@ -187,10 +214,11 @@ def paper_best(report_cfg: Mapping, paper: Mapping) -> tuple[dict | None, str]:
 
 def render_fig3(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:
     cfg = ctx.config["report"]
-    data = fig3_data(ctx.runs, loss=cfg["fig3_loss"])
+    assert ctx.runs is not None  # the artefact needs the runs' metrics (registry)
+    data = fig3_data(ctx.runs, loss=cfg["fig3_loss"], labels=correction_labels(cfg, ctx.runs["correction"]))
     best, label = paper_best(cfg, ctx.config["paper"])
     plot_fig3(data, out["fig3"], out_pdf=out.get("fig3_pdf"), loss=cfg["fig3_loss"], paper_best=best,
-              paper_best_label=label)
+              paper_best_label=label, report_cfg=cfg)
     return {"fig3_csv": data}
 
 

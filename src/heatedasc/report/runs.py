@@ -1,22 +1,21 @@
-"""The training runs a report reads: finding them, their metrics, predictions and embeddings, and
-selecting the runs (one per seed) of a (correction, T, loss) cell."""
+"""The training runs a report reads: finding them, their metrics, predictions and embeddings, the display
+labels of the corrections, and selecting the runs (one per seed) of a (correction, T, loss) cell."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
+from heatedasc.runkey import CORE_NAMES, RUNS_DIR, find_runs, parse_run_dir
 from heatedasc.tau import SCENES
 
-RUN_GLOB = "runs/*/T*/*/seed*/metrics.json"
 RUN_KEYS = ("correction", "temperature", "loss", "seed", "acc_a", "acc_b", "acc_c", "avg_bc",
             "params_trainable", "params_keras", "best_epoch", "selection")
-LABELS = {"ref_abc": "Ref.ABC", "ref_bc": "Ref.BC", "none": "NoCorrection"}
 METRICS = {"Dev.A": "acc_a", "Dev.B": "acc_b", "Dev.C": "acc_c", "Avg.BC": "avg_bc"}
 
 
@@ -24,13 +23,39 @@ def class_names() -> list[str]:
     return list(SCENES)
 
 
+def correction_labels(report_cfg: Mapping, present: Iterable[str] = ()) -> dict[str, str]:
+    """The display label of each correction, in order: those `report.corrections` names (its `label`, or the
+    correction's own name), then any other correction in `present` under its own name, so that a correction
+    with runs is always shown, never dropped for want of a label."""
+    configured = report_cfg.get("corrections") or {}
+    labels = {str(c): str((spec or {}).get("label") or c) for c, spec in configured.items()}
+    for c in present:
+        labels.setdefault(str(c), str(c))
+    return labels
+
+
+def correction_colors(report_cfg: Mapping, labels: Mapping[str, str], default: Iterable) -> dict[str, object]:
+    """label -> colour of each correction in `labels`: its `report.corrections` `color`, else the next colour of
+    `default` (a palette with at least len(labels) colours) by the correction's position."""
+    configured = report_cfg.get("corrections") or {}
+    return {label: (configured.get(c) or {}).get("color") or fallback
+            for (c, label), fallback in zip(labels.items(), default)}
+
+
 def discover_runs(results_dir: str | os.PathLike = "results") -> list[Path]:
-    """Every metrics.json of a finished run under `results_dir` (runs/<correction>/T<T>/<loss>/seed<seed>/)."""
-    found = sorted(Path(results_dir).glob(RUN_GLOB))
+    """Every metrics.json of a finished run under `results_dir` (runs/<correction>/T<T>/<loss>/seed<seed>/, and one
+    `<axis>=<value>` folder below per further sweep axis: heatedasc.runkey)."""
+    found = find_runs(results_dir)
     if not found:
-        raise ValueError(f"no training runs found under {Path(results_dir) / 'runs'} (looked for {RUN_GLOB}); "
-                         "the report needs at least one finished run — run `snakemake train_all` first")
+        raise ValueError(f"no training runs found under {Path(results_dir) / RUNS_DIR} (looked for "
+                         "<correction>/T<T>/<loss>/seed<seed>/metrics.json); the report needs at least one finished "
+                         "run — run `snakemake train_all` first")
     return found
+
+
+def extra_axes(runs: pd.DataFrame) -> list[str]:
+    """The sweep axes of `runs` beyond the paper's four (columns load_runs added from the run folders)."""
+    return [c for c in runs.attrs.get("extra_axes", []) if c in runs.columns]
 
 
 def load_runs(metrics_paths) -> pd.DataFrame:
@@ -39,6 +64,7 @@ def load_runs(metrics_paths) -> pd.DataFrame:
     if not paths:
         raise ValueError("no training runs found: the report needs at least one results/runs/.../metrics.json")
     rows = []
+    extras: dict[str, None] = {}
     for p in paths:
         try:
             m = json.loads(Path(p).read_text())
@@ -51,14 +77,39 @@ def load_runs(metrics_paths) -> pd.DataFrame:
         row.update(temperature=float(m["temperature"]), seed=int(m["seed"]), acc_overall=m.get("acc_overall"),
                    ece=m.get("ece"), selection_note=m.get("selection_note"), confusion=m.get("confusion"),
                    class_acc=m.get("class_acc"), path=str(p), run_dir=str(Path(p).parent))
+        key = parse_run_dir(Path(p).parent)  # further sweep axes: named by the run folder (heatedasc.runkey)
+        for name, value in (key.values().items() if key is not None else ()):
+            if name not in CORE_NAMES:
+                row[name] = value
+                extras[name] = None
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame.attrs["extra_axes"] = list(extras)
+    return frame
 
 
-def select_cell(runs: pd.DataFrame, *, correction: str, temperature, loss: str) -> pd.DataFrame:
-    """The runs (one per seed) of one (correction, T, loss) cell; empty if none has run."""
-    return runs[(runs["correction"] == correction) & (runs["loss"] == loss)
+def select_cell(runs: pd.DataFrame, *, correction: str, temperature, loss: str, **axes) -> pd.DataFrame:
+    """The runs (one per seed) of one (correction, T, loss[, further axes]) cell; empty if none has run.
+    Runs of one seed that differ in a further sweep axis not given in `axes` are never pooled as if they
+    were seeds: that is an error naming the axis."""
+    cell = runs[(runs["correction"] == correction) & (runs["loss"] == loss)
                 & np.isclose(runs["temperature"].astype(float), float(temperature))]
+    for name, value in axes.items():
+        if name not in cell.columns:
+            raise ValueError(f"no run has the sweep axis {name!r}")
+        cell = cell[cell[name] == value]
+    return one_per_seed(runs, cell, f"correction {correction}, T={float(temperature):g}, loss {loss}", pinned=axes)
+
+
+def one_per_seed(runs: pd.DataFrame, cell: pd.DataFrame, what: str, pinned: Iterable[str] = ()) -> pd.DataFrame:
+    """`cell` (rows of `runs`), checked to hold one run per seed: runs that differ in a further sweep axis of
+    `runs` not `pinned` are an error naming the axis, never pooled as if they were seeds."""
+    spread = [a for a in extra_axes(runs) if a not in set(pinned) and cell[a].nunique(dropna=False) > 1]
+    if spread:
+        raise ValueError(
+            f"the runs of {what} differ in the sweep axis/axes {', '.join(spread)} ({len(cell)} runs); this "
+            f"artefact shows one run per seed, so it needs one value of {', '.join(spread)}")
+    return cell
 
 
 def load_predictions(run_dir) -> dict | None:
