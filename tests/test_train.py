@@ -758,6 +758,10 @@ def test_the_training_settings_are_read_from_the_config_schema(cache, tmp_path):
                               ({"device": "tpu"}, "execution.train.device must be one of ('auto', 'cpu', 'cuda')")):
         with pytest.raises(ValueError, match=re.escape(message)):
             train(cache, out, train_cfg=override)
+    with pytest.raises(ValueError, match=re.escape("loss.gamma must be >= 0, got -1.0")):  # the loss section too
+        run_training(train_npy=cache[1][0], train_index=cache[1][1], eval_npy=cache[2][0], eval_index=cache[2][1],
+                     out_dir=out, temperature=1.0, loss="focal", seed=0, model_cfg=MODEL_CFG,
+                     loss_cfg={**LOSS_CFG, "gamma": -1.0}, train_cfg=TRAIN_CFG, execution_cfg=EXEC_CFG, progress=False)
     assert not out.exists()
 
 

@@ -76,12 +76,11 @@ class RunSpec:
 
 
 def _loss_fn(loss: str, temperature: float, loss_cfg: Mapping) -> Callable:
+    """The run's loss at temperature T, its settings (the loss section) checked against the schema."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    for key in ("gamma", "focal_form"):
-        if key not in loss_cfg:
-            raise ValueError(f"loss.{key} is missing from the loss config")
-    return make_loss(loss, temperature=temperature, gamma=float(loss_cfg["gamma"]), focal_form=loss_cfg["focal_form"])
+    cfg = check_section(loss_cfg, "loss", what="the loss config")
+    return make_loss(loss, temperature=temperature, gamma=float(cfg["gamma"]), focal_form=cfg["focal_form"])
 
 
 def _probe_model(model_cfg: dict, n_classes: int, train: FeatureCache) -> ASCNet:
