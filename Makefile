@@ -2,13 +2,14 @@
 #   make demo   - install everything, then run the whole DAG on the synthetic demo (dvc repro)
 #   make test   - install everything, then the guard rails (make lint) and the whole test suite
 # Also: make lint, make test-fast (the unit tests, no workflow runs: about a minute), make pull, make clean-results,
-#   make mutants (mutation testing of the numeric core; not in CI, long: MODULES="losses correction" for some)
+#   make mutants (mutation testing of the numeric core; not in CI, long: MODULES="losses correction" for some),
+#   make gpu-check (on a machine with a CUDA GPU: the GPU correctness tests, then the GPU timing benchmark)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint pull clean-results mutants
+.PHONY: setup demo test test-fast lint pull clean-results mutants gpu-check
 
 setup: $(STAMP)
 
@@ -44,6 +45,14 @@ test: setup lint
 	   tools/local-slurm.sh start && started=1; fi; \
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=10; \
 	rc=$$?; if [ -n "$$started" ]; then tools/local-slurm.sh stop; fi; exit $$rc
+
+# On a GPU machine: what the GPU changes must not change (tests/test_gpu.py, `gpu` marker: compiled vs eager, bf16 vs
+# fp32, determinism and resume, the CUDA feature path; they skip without CUDA), then what it costs
+# (benchmarks/gpu_check.py, timing only; its files go to GPU_CHECK_OUT). The benchmark runs even if a check fails.
+GPU_CHECK_OUT ?= gpu_check
+gpu-check: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m gpu -ra tests/test_gpu.py; rc=$$?; \
+	$(BIN)/python benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) || rc=1; exit $$rc
 
 # Mutation testing (tools/mutants.py): a score per module, every survivor explained or listed. Not part of CI.
 mutants: setup

@@ -22,7 +22,8 @@ import torch
 
 from heatedasc.losses import make_loss
 from heatedasc.model import ASCNet
-from heatedasc.train import AMP_DTYPES, COMPILE_MODES, BatchRunner, draw_mixup, l2_penalty, mixup_batch, train_epoch
+from heatedasc.runtime import AMP_DTYPES
+from heatedasc.train import COMPILE_MODES, BatchRunner, draw_mixup, l2_penalty, mixup_batch, train_epoch
 
 PAPER_EPOCH_CLIPS = 10_265  # fold1_train clips in TAU 2019 Mobile (docs/reproduction.md §1)
 

@@ -289,7 +289,7 @@ def test_a_gpu_without_native_bf16_stops_the_run_it_never_falls_back_to_fp16(mon
 def test_under_autocast_mixup_rounds_lambda_to_float16_whatever_the_autocast_dtype(monkeypatch):
     import torch
 
-    import heatedasc.train as train
+    import heatedasc.train.loop as train
     from heatedasc.losses import make_loss
     from heatedasc.model import ASCNet
 

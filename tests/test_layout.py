@@ -49,9 +49,9 @@ def test_the_checker_sees_function_level_imports_and_names_the_circle(tmp_path):
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
 
 
-def report_graph() -> dict[str, set[str]]:
-    """module -> the modules of heatedasc.report it imports anywhere (module level, functions, TYPE_CHECKING)."""
-    sub = PACKAGE / "report"
+def subpackage_graph(package: str) -> dict[str, set[str]]:
+    """module -> the modules of heatedasc.<package> it imports anywhere (module level, functions, TYPE_CHECKING)."""
+    sub = PACKAGE / package
     names = {p.stem for p in sub.glob("*.py") if p.stem != "__init__"}
     graph = {}
     for name in names:
@@ -59,12 +59,16 @@ def report_graph() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse((sub / f"{name}.py").read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 parts = node.module.split(".")
-                if parts[:2] == ["heatedasc", "report"]:
+                if parts[:2] == ["heatedasc", package]:
                     found |= {parts[2]} if len(parts) > 2 else {a.name for a in node.names if a.name in names}
             elif isinstance(node, ast.Import):
-                found |= {a.name.split(".")[2] for a in node.names if a.name.startswith("heatedasc.report.")}
+                found |= {a.name.split(".")[2] for a in node.names if a.name.startswith(f"heatedasc.{package}.")}
         graph[name] = found - {name}
     return graph
+
+
+def report_graph() -> dict[str, set[str]]:
+    return subpackage_graph("report")
 
 
 def test_the_report_package_has_no_import_circle_and_its_context_is_the_leaf():
@@ -74,6 +78,17 @@ def test_the_report_package_has_no_import_circle_and_its_context_is_the_leaf():
     assert graph["context"] == set()  # what renderers read imports no renderer, the registry or render
     for renderer in ("paper", "diagnostics", "html"):  # renderers know the context, never who lists or runs them
         assert not graph[renderer] & {"registry", "render"}, (renderer, graph[renderer])
+
+
+def test_the_train_package_has_no_import_circle_and_the_maths_knows_no_loop():
+    graph = subpackage_graph("train")
+    cycles = find_cycles(graph)
+    assert not cycles, "import circles in src/heatedasc/train: " + "; ".join(" -> ".join(c) for c in cycles)
+    assert graph["maths"] == set() and graph["inputs"] == set()  # the paper's maths and the input checks are leaves
+    assert graph["checkpoint"] == set()  # what a checkpoint holds knows no loop, recipe or outputs
+    assert "outputs" not in closure(graph, {"loop", "recipe"})  # writing the files comes after, never inside
+    # device and compile policy is heatedasc.runtime's, which knows nothing of training
+    assert "train" not in GRAPH["runtime"]
 
 
 # -------------------------------------------------------------------------------------------- layers
@@ -124,5 +139,5 @@ def test_dvc_yaml_is_generated_from_the_import_closure():
                 assert f"src/heatedasc/{module}.py" in deps or f"src/heatedasc/{module}" in deps, (stage.name, module)
     # What a stage's scripts do not run is not its dependency: a report edit never makes the data stale.
     data_deps = set(stages["data"]["deps"])
-    assert "src/heatedasc/report" not in data_deps and "src/heatedasc/train.py" not in data_deps
+    assert "src/heatedasc/report" not in data_deps and "src/heatedasc/train" not in data_deps
     assert "src/heatedasc/features.py" not in set(stages["train"]["deps"])

@@ -405,16 +405,16 @@ def test_resume_restores_the_lr_schedule(cache, tmp_path, caplog):
 
 
 def test_every_epoch_reshuffles_all_training_rows(cache, tmp_path, monkeypatch):
-    import heatedasc.train as tr
+    import heatedasc.train.loop as loop
 
     orders = []
-    real_epoch = tr.train_epoch
+    real_epoch = loop.train_epoch
 
     def recording(model, optimizer, scaler, runner, x_train, onehot, order, **kw):
         orders.append(order.tolist())
         return real_epoch(model, optimizer, scaler, runner, x_train, onehot, order, **kw)
 
-    monkeypatch.setattr(tr, "train_epoch", recording)
+    monkeypatch.setattr(loop, "train_epoch", recording)
     train(cache, tmp_path / "shuffle")
     assert len(orders) == 3
     assert all(sorted(o) == list(range(60)) for o in orders)  # each epoch sees every training row once
@@ -422,13 +422,13 @@ def test_every_epoch_reshuffles_all_training_rows(cache, tmp_path, monkeypatch):
 
 
 def test_checkpoint_of_other_code_is_not_resumed(baseline, cache, tmp_path, caplog, monkeypatch):
-    import heatedasc.train as tr
+    import heatedasc.train.checkpoint as checkpoint
 
     out = tmp_path / "ref_abc" / "T10.0" / "focal" / "seed0"
-    real = tr.code_fingerprint()
-    monkeypatch.setattr(tr, "code_fingerprint", lambda: "an edited train.py")
+    real = checkpoint.code_fingerprint()
+    monkeypatch.setattr(checkpoint, "code_fingerprint", lambda: "an edited heatedasc/train/loop.py")
     train(cache, out, stop_after_epoch=1)
-    monkeypatch.setattr(tr, "code_fingerprint", lambda: real)
+    monkeypatch.setattr(checkpoint, "code_fingerprint", lambda: real)
     with caplog.at_level("INFO", logger="heatedasc.train"):
         again = train(cache, out)
     assert "different run configuration; starting over" in caplog.text
@@ -646,7 +646,7 @@ def test_compiled_run_matches_eager_and_really_compiles(tmp_path, monkeypatch, c
     import torch._dynamo.utils
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    import heatedasc.train as tr
+    import heatedasc.runtime as rt
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # torch's own place, not the repository
     folder = tmp_path / "cache"
@@ -654,7 +654,7 @@ def test_compiled_run_matches_eager_and_really_compiles(tmp_path, monkeypatch, c
     cfg = {"epochs": 2, "batch_size": 16, "deterministic": True}  # 3 equal batches: one training graph
     eager = train(cache48, tmp_path / "eager", train_cfg=cfg)
     graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    monkeypatch.setattr(tr, "COMPILE_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(rt, "COMPILE_DEVICES", ("cuda", "cpu"))
     with caplog.at_level("INFO", logger="heatedasc.train"):
         compiled = train(cache48, tmp_path / "compiled", train_cfg=cfg)
     # training step + evaluation of the 30 test rows + the final pass over the 48 training rows
@@ -681,13 +681,13 @@ def test_compiled_run_matches_eager_and_really_compiles(tmp_path, monkeypatch, c
 
 
 def test_compile_failure_stops_the_run_naming_the_switch(cache, tmp_path, monkeypatch):
-    import heatedasc.train as tr
+    import heatedasc.runtime as rt
 
     def failing_backend(gm, example_inputs):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(tr, "COMPILE_DEVICES", ("cuda", "cpu"))
-    monkeypatch.setattr(tr, "compile_fn", lambda fn, mode: torch.compile(fn, backend=failing_backend, fullgraph=True))
+    monkeypatch.setattr(rt, "COMPILE_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(rt, "compile_fn", lambda fn, mode: torch.compile(fn, backend=failing_backend, fullgraph=True))
     with pytest.raises(RuntimeError, match=r"(?s)^execution\.train\.compile: torch\.compile failed on the training step "
                                            r"\(BackendCompilerFailed: .*no C\+\+ compiler.*\); "
                                            r"set execution\.train\.compile: false to train without it$") as info:
@@ -699,30 +699,30 @@ def test_compile_failure_stops_the_run_naming_the_switch(cache, tmp_path, monkey
 def test_compile_cache_defaults_to_the_working_directory_and_an_explicit_one_wins(tmp_path, monkeypatch):
     import os
 
-    import heatedasc.train as tr
+    import heatedasc.runtime as rt
 
-    compiled = tr.Runtime(amp_dtype=None, channels_last=False, compile_mode="default")
+    compiled = rt.Runtime(amp_dtype=None, channels_last=False, compile_mode="default")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    with tr._compiler_settings(compiled, deterministic=True):
+    with rt.compiler_settings(compiled, deterministic=True):
         assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".cache" / "torchinductor")
         assert torch._inductor.config.deterministic and torch._dynamo.config.fail_on_recompile_limit_hit
     assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ and not torch._inductor.config.deterministic
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/shared/inductor")
-    with tr._compiler_settings(compiled, deterministic=False):
+    with rt.compiler_settings(compiled, deterministic=False):
         assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/shared/inductor"
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/shared/inductor"
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
-    with tr._compiler_settings(tr.Runtime(None, False, None), deterministic=True):  # eager: nothing is set
+    with rt.compiler_settings(rt.Runtime(None, False, None), deterministic=True):  # eager: nothing is set
         assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
 
 
 def test_runtime_is_eager_fp32_off_cuda_and_new_keys_are_checked(cache, tmp_path):
-    import heatedasc.train as tr
+    import heatedasc.runtime as rt
 
     cfg = {**TRAIN_CFG, "amp": True, "amp_dtype": "fp16", "compile": True, "channels_last": True}
-    assert tr.resolve_runtime(cfg, torch.device("cpu")) == tr.Runtime(None, False, None)
-    assert tr.Runtime(torch.bfloat16, True, "default").describe() == {
+    assert rt.resolve_runtime(cfg, torch.device("cpu")) == rt.Runtime(None, False, None)
+    assert rt.Runtime(torch.bfloat16, True, "default").describe() == {
         "precision": "bf16 autocast", "channels_last": True, "torch.compile": "default"}
     out = tmp_path / "bad"
     with pytest.raises(ValueError, match=re.escape("train.amp_dtype must be one of ('bf16', 'fp16'), got 'fp8'")):
@@ -738,6 +738,30 @@ def test_runtime_is_eager_fp32_off_cuda_and_new_keys_are_checked(cache, tmp_path
             train_npy=cache[1][0], train_index=cache[1][1], eval_npy=cache[2][0], eval_index=cache[2][1],
             out_dir=out, temperature=1.0, loss="ce", seed=0, model_cfg=MODEL_CFG, loss_cfg=LOSS_CFG,
             train_cfg=TRAIN_CFG, execution_cfg={k: v for k, v in EXEC_CFG.items() if k != "compile"}, progress=False)
+    assert not out.exists()
+
+
+def test_the_training_settings_are_read_from_the_config_schema(cache, tmp_path):
+    """The schema is the one list of the train and execution.train keys and values: a new key there is required
+    here, and its ranges are checked before any data is read."""
+    from heatedasc.config import schema_node
+    from heatedasc.runtime import AMP_DTYPES
+    from heatedasc.train import TRAIN_KEYS
+
+    assert set(TRAIN_KEYS) == set(TRAIN_CFG) and set(EXECUTION_KEYS) == set(EXEC_CFG)
+    assert tuple(AMP_DTYPES) == tuple(schema_node("train.amp_dtype")["enum"])  # every name the schema allows has a dtype
+    out = tmp_path / "bad"
+    for override, message in (({"rho": 1.5}, "train.rho must be <= 1, got 1.5"),
+                              ({"plateau_factor": 0}, "train.plateau_factor must be > 0, got 0"),
+                              ({"batch_size": 0}, "train.batch_size must be >= 1, got 0"),
+                              ({"eval_batch_size": 0}, "execution.train.eval_batch_size must be >= 1, got 0"),
+                              ({"device": "tpu"}, "execution.train.device must be one of ('auto', 'cpu', 'cuda')")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            train(cache, out, train_cfg=override)
+    with pytest.raises(ValueError, match=re.escape("loss.gamma must be >= 0, got -1.0")):  # the loss section too
+        run_training(train_npy=cache[1][0], train_index=cache[1][1], eval_npy=cache[2][0], eval_index=cache[2][1],
+                     out_dir=out, temperature=1.0, loss="focal", seed=0, model_cfg=MODEL_CFG,
+                     loss_cfg={**LOSS_CFG, "gamma": -1.0}, train_cfg=TRAIN_CFG, execution_cfg=EXEC_CFG, progress=False)
     assert not out.exists()
 
 

@@ -94,7 +94,10 @@ def main(argv=None) -> int:
     ap.add_argument("--report", action="store_true", help="score the last run, run nothing")
     args = ap.parse_args(argv)
     known = only_mutate()
-    wanted = [m if m.startswith("heatedasc.") else f"heatedasc.{m}" for m in args.modules] or known
+    named = [m if m.startswith("heatedasc.") else f"heatedasc.{m}" for m in args.modules]
+    # a sub-package (train) stands for its modules in only_mutate (heatedasc.train.maths, ...)
+    wanted = [k for m in named for k in ([m] if m in known else [k for k in known if k.startswith(m + ".")] or [m])]
+    wanted = wanted or known
     unknown = sorted(set(wanted) - set(known))
     if unknown:
         raise SystemExit(f"not in pyproject.toml [tool.mutmut] only_mutate: {', '.join(unknown)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import operator
 import subprocess
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -91,13 +92,8 @@ def coerce_to_schema(config: dict) -> dict:
     schema check names it)."""
     root = schema()
 
-    def resolve(node: Mapping) -> Mapping:
-        while "$ref" in node:
-            node = root["definitions"][node["$ref"].rsplit("/", 1)[1]]
-        return node
-
     def walk(value, node: Mapping):
-        node = resolve(node)
+        node = _resolve(node)
         types = node.get("type", [])
         types = [types] if isinstance(types, str) else list(types)
         if isinstance(value, str) and types and "string" not in types:
@@ -269,3 +265,70 @@ def write_effective_config(configfiles: Sequence[str | Path], out: str | Path) -
     write_text(out, header + dump_config(config))
     return config
 
+
+
+
+def _resolve(node: Mapping) -> Mapping:
+    """A schema node with its `$ref`s (to the schema's `definitions`) followed."""
+    while "$ref" in node:
+        node = schema()["definitions"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def schema_node(dotted: str) -> dict:
+    """The schema of one section or key, `$ref`s resolved: schema_node("train.selection")["enum"]. The code reads
+    enums and required keys from here instead of repeating them."""
+    node: Mapping = schema()
+    for part in dotted.split("."):
+        properties = _resolve(node).get("properties", {})
+        if part not in properties:
+            raise KeyError(f"{SCHEMA_PATH}: no key {dotted}")
+        node = properties[part]
+    return dict(_resolve(node))
+
+
+_BOUNDS = {"minimum": (">=", operator.ge), "exclusiveMinimum": (">", operator.gt),
+           "maximum": ("<=", operator.le), "exclusiveMaximum": ("<", operator.lt)}
+_CHECKED = {"type", "enum", *_BOUNDS}  # the keywords check_section understands (what the schema's scalars use)
+
+
+def _is_type(value, name: str) -> bool:
+    return isinstance(value, _JSON_TYPES[name]) and not (name in ("integer", "number") and isinstance(value, bool))
+
+
+def _value_problem(value, rule: Mapping) -> str | None:
+    """Why `value` breaks the scalar schema `rule` (type, enum, bounds), or None."""
+    types = rule.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    if types and not any(_is_type(value, t) for t in types):
+        if types == ["boolean"]:
+            return f"must be true or false, got {value!r}"
+        return f"must be of type {' or '.join(types)}, got {value!r}"
+    if "enum" in rule and value not in rule["enum"]:
+        return f"must be one of {tuple(rule['enum'])}, got {value!r}"
+    for keyword, (sign, holds) in _BOUNDS.items():
+        if keyword in rule and not holds(value, rule[keyword]):
+            return f"must be {sign} {rule[keyword]}, got {value!r}"
+    return None
+
+
+def check_section(values: Mapping, section: str, *, what: str) -> dict:
+    """The keys the schema requires of `section` (e.g. "execution.train"), taken from `values`, each checked against
+    its schema (type, enum, bounds); other keys are left out. For code handed a section directly rather than through
+    load_config, and without jsonschema (the GPU machines training runs on may lack it). ConfigError names the key:
+    `train.epochs is missing from <what>`, `train.selection must be one of ('test', 'holdout', 'last'), got 'best'`,
+    `execution.train.compile must be true or false, got 'yes'`, `train.epochs must be >= 1, got 0`."""
+    node = schema_node(section)
+    out = {}
+    for key in node["required"]:
+        if key not in values:
+            raise ConfigError(f"{section}.{key} is missing from {what}")
+        rule = _resolve(node["properties"][key])
+        unchecked = set(rule) - _CHECKED - {"description", "default"}
+        if unchecked:
+            raise ConfigError(f"{SCHEMA_PATH}: {section}.{key} uses {sorted(unchecked)}, which check_section cannot check")
+        problem = _value_problem(values[key], rule)
+        if problem:
+            raise ConfigError(f"{section}.{key} {problem}")
+        out[key] = values[key]
+    return out
