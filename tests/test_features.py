@@ -18,7 +18,7 @@ import heatedasc.features as features_module
 from heatedasc.dsp import mel_filterbank, stft_magnitude
 from heatedasc.feature_cache import cache_key, load_feature_cache, parts_root
 from heatedasc.feature_stats import RunningMeanStd, compute_feature_stats, load_stats, save_stats
-from heatedasc.features import LogMelExtractor, build_feature_cache
+from heatedasc.features import SHARD_BATCHES, LogMelExtractor, build_feature_cache
 
 torch.set_num_threads(2)
 
@@ -422,3 +422,130 @@ def test_corrupt_shard_is_recomputed_and_stale_config_shards_are_not_reused(tmp_
     assert cache_key(changed[changed.split == "train"].reset_index(drop=True), extractor,
                      stats, 4000) != cache_key(
         manifest[manifest.split == "train"].reset_index(drop=True), extractor, stats, 4000)
+
+
+def test_make_extractor_folds_the_files_coefficients_for_the_asked_devices_on_the_cpu(tmp_path):
+    from heatedasc.correction import save_coefficients
+    from heatedasc.dsp import mel_filterbank
+    from heatedasc.features import make_extractor
+
+    n_freqs = SMALL["n_fft"] // 2 + 1
+    c = {"a": np.ones(n_freqs), "b": np.linspace(0.5, 2.0, n_freqs), "c": np.full(n_freqs, 3.0)}
+    save_coefficients(tmp_path / "ref_a.npz", c, correction="ref_a", reference_devices=["a"],
+                      estimator="ratio_of_means", files=["x"], sample_rate=SMALL["sample_rate"], n_fft=SMALL["n_fft"])
+    extractor = make_extractor(tmp_path / "ref_a.npz", devices=("c", "b"), **SMALL)  # device: the CPU by default
+    assert extractor.devices == ("c", "b") and extractor.filterbanks.device.type == "cpu"
+    mel = mel_filterbank(SMALL["sample_rate"], SMALL["n_fft"], SMALL["n_mels"], SMALL["f_min"], SMALL["f_max"],
+                         dtype=torch.float64)
+    for i, d in enumerate(("c", "b")):  # diag(c_d) · M, rounded to float32 once
+        torch.testing.assert_close(extractor.filterbanks[i], (torch.from_numpy(c[d])[:, None] * mel).float(),
+                                   rtol=0, atol=0)
+
+
+def test_a_cache_refuses_bad_arguments_by_name_before_any_work(tmp_path):
+    rng = np.random.default_rng(8)
+    manifest, audio = write_dataset(tmp_path, rng, [("bus-rome-1-0", d, "train") for d in "ab"], 4000)
+    extractor = LogMelExtractor(**SMALL)
+    good = {"mean": np.zeros(32), "std": np.ones(32)}
+    out, index = tmp_path / "out" / "train.npy", tmp_path / "out" / "train.csv"
+
+    def build(m=manifest, split="train", stats=good, batch_size=1, **kw):
+        return build_feature_cache(m, split, audio, extractor, stats, out, index, batch_size=batch_size,
+                                   progress=False, **kw)
+
+    cases = [
+        (dict(split="evaluate"), "manifest has no rows with split 'evaluate'"),
+        (dict(m=manifest.drop(columns=["identifier", "group"])),
+         "manifest lacks columns ['identifier', 'group'] needed for the cache index"),
+        (dict(m=manifest.drop(columns=["scene_label"])), "manifest lacks columns ['scene_label'] needed for the cache index"),
+        (dict(batch_size=0), f"batch_size and shard_batches must be >= 1, got 0, {SHARD_BATCHES}"),
+        (dict(shard_batches=0), "batch_size and shard_batches must be >= 1, got 1, 0"),
+        (dict(stats={"mean": np.zeros(32), "std": np.ones(31)}), "stats have shapes (32,)/(31,), expected (32,)"),
+        (dict(stats={"mean": np.zeros(31), "std": np.ones(32)}), "stats have shapes (31,)/(32,), expected (32,)"),
+        (dict(stats={"mean": np.zeros(32), "std": np.r_[np.ones(31), 0.0]}),
+         "stats contain a non-positive std; cannot standardise"),
+        (dict(stats={"mean": np.zeros(32), "std": np.r_[np.ones(31), np.nan]}),
+         "stats contain a non-positive std; cannot standardise"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError) as err:
+            build(**kwargs)
+        assert str(err.value) == message
+        assert not out.parent.exists()
+    info = build(m=manifest.iloc[:1])  # a single row is a cache too
+    assert info["shape"][0] == 1
+
+
+def test_a_cache_standardises_with_the_float64_stats_rounded_once(tmp_path):
+    """(x − mean)·(1/std) in float32 from float64 statistics: a float32 std inverted in float32 would round
+    otherwise, and the cache records float16 of exactly this."""
+    rng = np.random.default_rng(9)
+    manifest, audio = write_dataset(tmp_path, rng, [("bus-rome-1-0", "a", "train")], 4000)
+    extractor = LogMelExtractor(**SMALL)
+    stats = {"mean": rng.normal(0, 3, 32), "std": rng.uniform(0.3, 3, 32)}
+    build_feature_cache(manifest, "train", audio, extractor, stats, tmp_path / "t.npy", tmp_path / "t.csv",
+                        batch_size=1, progress=False)
+    wave = torch.from_numpy(sf.read(audio / "bus-rome-1-0-a.wav", dtype="float32")[0])[None]
+    feats = extractor(wave, extractor.device_indices(["a"]))[0].numpy()
+    want = ((feats - stats["mean"].astype(np.float32)[:, None]) * (1.0 / stats["std"]).astype(np.float32)[:, None])
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npy")[0], want.astype(np.float16))
+    single = {k: v.astype(np.float32) for k, v in stats.items()}  # float32 stats: inverted in float64 all the same
+    build_feature_cache(manifest, "train", audio, extractor, single, tmp_path / "s.npy", tmp_path / "s.csv",
+                        batch_size=1, progress=False)
+    inv = (1.0 / single["std"].astype(np.float64)).astype(np.float32)[:, None]
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy")[0],
+                                  ((feats - single["mean"][:, None]) * inv).astype(np.float16))
+
+
+def test_an_accelerator_extractor_gets_each_batch_whole_in_one_call(tmp_path, monkeypatch):
+    """log_mel_files off the CPU: the pool reads a batch's files, the extractor takes them in one call with their
+    device indices (a stand-in extractor records the calls; the numbers are test_accelerator_path_equals_the_cpu_path's)."""
+    from types import SimpleNamespace
+
+    from heatedasc.features import log_mel_files
+
+    calls = []
+
+    class Recorder:
+        n_mels = 2
+        filterbanks = SimpleNamespace(device=SimpleNamespace(type="cuda"))
+
+        def n_frames(self, n):
+            return n // 10
+
+        def __call__(self, waves, index):
+            calls.append((waves.numpy().copy(), index.tolist()))
+            return torch.ones(len(waves), 2, 3) * waves[:, :1, None]
+
+        def clip_log_mel(self, *a, **k):
+            raise AssertionError("the per-clip CPU path ran for an accelerator extractor")
+
+    files = [tmp_path / f"{i}.wav" for i in range(5)]
+    load = lambda p: np.full(30, float(p.stem), dtype=np.float32)  # noqa: E731
+    out = list(log_mel_files(files, [2, 0, 1, 1, 0], Recorder(), batch_size=2, load=load, n_samples=30))
+    assert [s for s, _ in out] == [0, 2, 4]
+    assert [idx for _, idx in calls] == [[2, 0], [1, 1], [0]]
+    assert [w[:, 0].tolist() for w, _ in calls] == [[0.0, 1.0], [2.0, 3.0], [4.0]]
+    np.testing.assert_array_equal(np.concatenate([f for _, f in out])[:, 0, 0], [0, 1, 2, 3, 4])
+    with pytest.raises(ValueError, match="^batch_size must be >= 1, got 0$"):
+        next(log_mel_files(files, [0] * 5, Recorder(), batch_size=0, load=load, n_samples=30))
+
+
+def test_a_cpu_extractor_computes_clip_by_clip_never_batched(tmp_path, monkeypatch):
+    from heatedasc.features import log_mel_files
+
+    extractor = LogMelExtractor(**SMALL)
+    monkeypatch.setattr(LogMelExtractor, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("batched")))
+    rng = np.random.default_rng(10)
+    waves = {f"{i}": rng.standard_normal(4000).astype(np.float32) for i in range(3)}
+    out = list(log_mel_files([tmp_path / f"{i}.wav" for i in range(3)], [0, 1, 2], extractor, batch_size=2,
+                             load=lambda p: waves[p.stem], n_samples=4000))
+    assert [s for s, _ in out] == [0, 2] and out[0][1].shape == (2, 32, 4000 // 128 + 1)
+
+
+def test_extractor_settings_name_everything_that_shapes_its_output():
+    extractor = LogMelExtractor(**SMALL, devices=("b", "a"))
+    assert extractor.settings() == {**{k: SMALL[k] for k in ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min",
+                                                            "f_max", "log_offset", "remove_dc")},
+                                    "devices": ["b", "a"]}
+    assert extractor.device_indices(["a", "a", "b"]).dtype == torch.long

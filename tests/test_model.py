@@ -78,3 +78,34 @@ def test_n_classes_and_mismatched_config():
     assert ASCNet(n_classes=3).classifier.out_features == 3
     with pytest.raises(ValueError, match="model.channels"):
         ASCNet(channels=(16, 32), strides=(1,))
+
+
+def test_the_cpu_classifier_is_atens_product_and_sum_not_a_gemm(monkeypatch):
+    """On the CPU the dense layer is Σ_j w_ij·e_j by ATen's elementwise product and sum: nn.Linear's MKL GEMM rounds
+    otherwise on AMD CPUs (heatedasc.pinning). The classifier's own forward must not run there."""
+    torch.manual_seed(1)
+    model = ASCNet(channels=(4, 8), strides=(1, 2)).eval()
+
+    def no_gemm(*args, **kwargs):
+        raise AssertionError("nn.Linear.forward ran on the CPU path")
+
+    with torch.no_grad():
+        model.classifier.bias.normal_()  # non-zero: its sign counts
+    monkeypatch.setattr(nn.Linear, "forward", no_gemm)
+    x = torch.randn(3, 1, 12, 20)
+    with torch.no_grad():
+        logits, emb = model.forward_with_embedding(x)
+        want = emb.double() @ model.classifier.weight.double().T + model.classifier.bias.double()
+    assert logits.shape == (3, 10)
+    torch.testing.assert_close(logits.double(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_model_settings_are_checked_and_kept():
+    model = ASCNet(n_classes=7, channels=(4, 8, 6), strides=(1, 2, 1))
+    assert model.n_classes == 7 and model.embedding_dim == 6
+    bn = model.blocks[0][2]
+    assert bn.eps == 1e-3 and bn.affine and model.blocks[0][0].padding == (0, 0)
+    assert ASCNet(bn_momentum_keras=0.0).blocks[0][2].momentum == 1.0  # 0 is allowed: Keras keeps no history
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=rf"^model.bn_momentum_keras must be in \[0, 1\), got {bad}$"):
+            ASCNet(bn_momentum_keras=bad)

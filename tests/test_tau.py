@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from heatedasc.synth import generate_dataset
@@ -234,3 +235,104 @@ def test_test_fold_names_a_file_outside_fold1_evaluate(root, listed, expected):
         load_tau(root)
     assert f"{setup / 'fold1_test.csv'}: row 2 ({listed}): " + expected.format(
         meta=root / "meta.csv", evaluate=setup / "fold1_evaluate.csv") in str(err.value)
+
+
+def test_manifest_columns_carry_the_meta_values_and_integer_labels(root):
+    df = load_tau(root)
+    assert (df["source_label"] == df["device"]).all()  # meta.csv's source_label column, checked against the name
+    assert df["label"].dtype.kind == "i"
+
+
+def test_tables_are_read_as_text_exactly(tmp_path):
+    from heatedasc.tau import _read_table
+
+    path = tmp_path / "t.csv"
+    path.write_text("filename\tidentifier\tsource_label\naudio/x.wav\tNA\t007\naudio/y.wav\t\tnull\n")
+    df = _read_table(path, ("filename",))
+    assert df["identifier"].tolist() == ["NA", ""] and df["source_label"].tolist() == ["007", "null"]
+    path.write_text("filename\tscene_label\n\"audio/x.wav\tbus\n")  # an unterminated quote
+    with pytest.raises(DatasetError, match=rf"^{path}: cannot parse as a tab-separated table \("):
+        _read_table(path, ("filename",))
+
+
+def test_file_name_errors_are_exact():
+    with pytest.raises(DatasetError, match=r"^audio/bus-lyon-1-0-a\.flac: expected a \.wav file name$"):
+        parse_filename("audio/bus-lyon-1-0-a.flac")
+    with pytest.raises(DatasetError, match=r"^audio/bus--1-0-a\.wav: file name must look like "
+                                           r"<scene>-<city>-<location>-<segment>-<device>\.wav$"):
+        parse_filename("audio/bus--1-0-a.wav")  # an empty city
+
+
+def test_row_errors_quote_the_row_and_the_reason_exactly(root):
+    meta = lines(root / "meta.csv")
+    name, scene, identifier, source = meta[1].split("\t")
+    write_lines(root / "meta.csv", [meta[0], f"{name}\t{scene}\tlyon-9\t{source}", *meta[2:]])
+    with pytest.raises(DatasetError) as err:
+        load_tau(root)
+    assert str(err.value) == (f"{root / 'meta.csv'}: row 1 ({name}): identifier 'lyon-9' disagrees with the file "
+                              f"name ({identifier!r})")
+    write_lines(root / "meta.csv", [meta[0], f"{name}\tbeach\t{identifier}\t{source}", *meta[2:]])
+    with pytest.raises(DatasetError) as err:
+        load_tau(root)
+    assert str(err.value).endswith("unknown scene label 'beach'; allowed: " + ", ".join(SCENES))
+    write_lines(root / "meta.csv", [meta[0], f"audio/{scene}.wav\t{scene}\t{identifier}\t{source}", *meta[2:]])
+    with pytest.raises(DatasetError) as err:
+        load_tau(root)
+    assert str(err.value).startswith(f"{root / 'meta.csv'}: row 1 (audio/{scene}.wav): audio/{scene}.wav: file name "
+                                     "must look like")
+
+
+def test_a_file_twice_in_the_test_list_names_that_list(root):
+    test = root / "evaluation_setup" / "fold1_test.csv"
+    rows = lines(test)
+    write_lines(test, rows + [rows[1]])
+    with pytest.raises(DatasetError) as err:
+        load_tau(root)
+    assert str(err.value) == f"{test}: row {len(rows)}: duplicated file {rows[1]}"
+
+
+def test_summary_is_sorted_by_split_device_and_scene(root):
+    df = load_tau(root).sample(frac=1.0, random_state=3)
+    summary = summarize(df)
+    keys = list(zip(summary["split"], summary["device"], summary["scene_label"]))
+    assert keys == sorted(keys)
+
+
+def test_the_prepared_manifest_keeps_location_and_segment_as_text(tmp_path):
+    from heatedasc.tau import read_manifest
+
+    path = tmp_path / "manifest.csv"
+    path.write_text("filename,location,segment,label\naudio/bus-lyon-007-010-a.wav,007,010,1\n")
+    df = read_manifest(path)
+    assert df["location"].tolist() == ["007"] and df["segment"].tolist() == ["010"] and df["label"].tolist() == [1]
+
+
+def test_holdout_bounds_sizes_and_draw():
+    from heatedasc.tau import select_holdout
+
+    ids = [f"lyon-{i}" for i in range(10) for _ in range(3)]
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=rf"^train.holdout_fraction must be in \(0, 1\), got {bad}$"):
+            select_holdout(ids, bad, 0)
+    with pytest.raises(ValueError, match="^train.holdout_fraction: the training cache has fewer than 2 recording "
+                                         "locations$"):
+        select_holdout(["lyon-1"] * 4, 0.5, 0)
+    two = select_holdout(["lyon-1", "lyon-2", "lyon-1"], 0.5, 0)  # two locations: one is held
+    assert two.sum() in (1, 2) and len(set(np.asarray(["lyon-1", "lyon-2", "lyon-1"])[two])) == 1
+    assert len(set(np.asarray(ids)[select_holdout(ids, 0.01, 0)])) == 1  # at least one location
+    held = np.asarray(ids)[select_holdout(ids, 0.99, 0)]
+    assert len(set(held)) == 9 and len(held) == 27  # at most all but one, each location whole
+    # The draw is part of every holdout run's record: the same locations for the same seed, on any machine.
+    assert sorted(map(str, set(np.asarray(ids)[select_holdout(ids, 0.3, 7)]))) == ["lyon-1", "lyon-6", "lyon-9"]
+
+
+def test_an_empty_dataset_is_an_empty_manifest_with_every_column(tmp_path):
+    root = tmp_path / "tau"
+    (root / "evaluation_setup").mkdir(parents=True)
+    write_lines(root / "meta.csv", ["filename\tscene_label\tidentifier\tsource_label"])
+    for split in ("train", "evaluate"):
+        write_lines(root / "evaluation_setup" / f"fold1_{split}.csv", ["filename\tscene_label"])
+    write_lines(root / "evaluation_setup" / "fold1_test.csv", ["filename"])
+    df = load_tau(root)
+    assert len(df) == 0 and list(df.columns) == ["filename", "scene_label", "label", "device", "city", "location",
+                                                 "segment", "identifier", "group", "split", "source_label"]

@@ -776,3 +776,23 @@ def test_a_job_given_a_gpu_torch_cannot_use_stops_before_reading_any_data(cache,
     # the same job with an explicit CPU device trains (here: fails on the missing cache, as it should)
     with pytest.raises(ValueError, match=re.escape(f"{gone}: feature cache not found")):
         train(cache, tmp_path / "run", train_cfg={"device": "cpu"}, test=(gone, cache[2][1]))
+
+
+def test_plateau_schedule_cuts_by_the_configured_factor():
+    opt = torch.optim.Adadelta([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_plateau_scheduler(opt, factor=0.5, patience=1, min_delta=0.0)
+    lrs = []
+    for value in (0.5, 0.4, 0.4, 0.6, 0.6):
+        sched.step(value)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == keras_plateau_lrs([0.5, 0.4, 0.4, 0.6, 0.6], lr=1.0, factor=0.5, patience=1, min_delta=0.0)
+    assert lrs == [1.0, 0.5, 0.25, 0.25, 0.125]
+
+
+def test_an_empty_epoch_draws_no_mixup_with_the_usual_dtypes():
+    from heatedasc.train import draw_epoch_mixup
+
+    lam, partner = draw_epoch_mixup(np.random.default_rng(0), 0, 4, 0.2)
+    assert lam.shape == partner.shape == (0,) and lam.dtype == np.float32 and partner.dtype == np.int64
+    lam, partner = draw_epoch_mixup(np.random.default_rng(0), 5, 4, 0.2)
+    assert lam.dtype == np.float32 and partner.dtype == np.int64 and partner.tolist()[4] == 0

@@ -237,13 +237,16 @@ def iter_log_mel(
         return
     if expected_length is None:
         expected_length = len(read_wave(paths[0]))
-    with torch.inference_mode(), tqdm(total=len(rows), desc=desc, unit="clip", disable=not progress) as bar:
+    # pragma: no mutate start  (the progress bar: display only)
+    bar = tqdm(total=len(rows), desc=desc, unit="clip", disable=not progress)
+    # pragma: no mutate end
+    with torch.inference_mode(), bar:
         for start, feats in log_mel_files(
             paths, index, extractor, batch_size=batch_size, n_samples=expected_length,
             load=lambda p: read_wave(p, expected_length),
         ):
             yield start, feats
-            bar.update(len(feats))
+            bar.update(len(feats))  # pragma: no mutate
 
 
 def check_devices(extractor: LogMelExtractor, rows: pd.DataFrame, split: str) -> None:
@@ -284,7 +287,7 @@ def build_feature_cache(
     out_index_csv: str | os.PathLike,
     *,
     batch_size: int,
-    progress: bool = True,
+    progress: bool = True,  # pragma: no mutate  (progress-bar display)
     shard_batches: int = SHARD_BATCHES,
 ) -> dict:
     """Standardised float16 log-mel cache (N, n_mels, T) of one split plus its row index CSV.
