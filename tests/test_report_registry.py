@@ -236,7 +236,7 @@ def test_each_caveat_is_on_the_page_once_and_in_every_markdown_file_that_needs_i
     limits are on the page once, in that table's section."""
     import markupsafe
 
-    from heatedasc.report import diagnostics as dx
+    from heatedasc.report import significance
     from heatedasc.report.runs import discover_runs, load_runs, selection_note
 
     src, results = tmp_path / "src", tmp_path / "results"
@@ -252,7 +252,7 @@ def test_each_caveat_is_on_the_page_once_and_in_every_markdown_file_that_needs_i
     assert page.count(str(markupsafe.escape(note))) == 1
     assert page.split('<section id="selection">', 1)[1].split("</section>", 1)[0].count(str(markupsafe.escape(note))) == 1
     k = int(pd.read_csv(out["significance"])["family_k"].iloc[0])
-    for paragraph in dx.significance_notes(float(config["report"]["confidence"]), k, ["test"]) + (
+    for paragraph in significance.significance_notes(float(config["report"]["confidence"]), k, ["test"]) + (
             config["report"]["caveat"],):
         assert page.count(str(markupsafe.escape(paragraph))) == 1, paragraph[:60]
 
