@@ -347,7 +347,7 @@ def test_history_csv_holds_no_timings_and_provenance_json_no_host(tmp_path, monk
 def test_fig3_plots_avg_bc_and_dev_a_and_the_docs_mark_that_choice_open():
     import pandas as pd
 
-    from heatedasc.report.paper import fig3_data
+    from heatedasc.report.fig3 import fig3_data
 
     runs = pd.DataFrame([{"correction": "ref_abc", "temperature": 1.0, "loss": "focal", "seed": s, "acc_a": 0.7,
                           "acc_b": 0.6, "acc_c": 0.6, "avg_bc": 0.6} for s in (0, 1)])
@@ -367,7 +367,7 @@ def test_the_readme_demo_numbers_are_the_committed_reference_and_claim_no_direct
     moved fails here with the sentence to write."""
     import json
 
-    from heatedasc.report.diagnostics import MIN_PAIRS
+    from heatedasc.report.significance import MIN_PAIRS
 
     summary = json.loads((REPO / "results" / "metrics.json").read_text())
     corrections = ("ref_abc", "ref_bc", "none")

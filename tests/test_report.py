@@ -14,8 +14,7 @@ import pytest
 import yaml
 from conftest import REPO, headless_chromium
 
-from heatedasc.report import REGISTRY, render_all
-from heatedasc.report import diagnostics as dx
+from heatedasc.report import REGISTRY, calibration, render_all, significance
 from heatedasc.report.html import code_digest, recipe_digest
 from heatedasc.report.runs import discover_runs, load_runs
 
@@ -247,7 +246,7 @@ def test_calibration_table_and_ece_match_the_training_definition(partial, tmp_pa
     rng = np.random.default_rng(1)
     probs = rng.dirichlet(np.ones(SCENES) * 0.3, size=500)
     labels = rng.integers(0, SCENES, 500)
-    bins, ece = dx.reliability(probs, labels)
+    bins, ece = calibration.reliability(probs, labels)
     assert ece == pytest.approx(expected_calibration_error(probs, labels))
     assert len(bins) == 15 and bins["count"].sum() == 500
 
@@ -257,7 +256,7 @@ def test_confusion_figure_labels_every_class_by_its_full_name(monkeypatch, tmp_p
     inside the saved figure."""
     import numpy as np
 
-    from heatedasc.report import diagnostics
+    from heatedasc.report import confusion
     from heatedasc.tau import SCENES
 
     saved = {}
@@ -266,11 +265,11 @@ def test_confusion_figure_labels_every_class_by_its_full_name(monkeypatch, tmp_p
         fig.canvas.draw()
         saved["fig"] = fig
 
-    monkeypatch.setattr(diagnostics, "save_figure", keep)
-    monkeypatch.setattr(diagnostics.pyplot(), "close", lambda fig: None)
+    monkeypatch.setattr(confusion, "save_figure", keep)
+    monkeypatch.setattr(confusion.pyplot(), "close", lambda fig: None)
     mats = {d: np.eye(len(SCENES), dtype=int) * 3 for d in DEVICES}
-    diagnostics.plot_confusion([{"name": "Ref.ABC_T10", "n_seeds": 2, "matrices": mats}], tmp_path / "c.png",
-                               class_names=list(SCENES))
+    confusion.plot_confusion([{"name": "Ref.ABC_T10", "n_seeds": 2, "matrices": mats}], tmp_path / "c.png",
+                             class_names=list(SCENES))
     fig = saved["fig"]
     renderer = fig.canvas.get_renderer()
     for ax in fig.axes:
@@ -300,7 +299,7 @@ def test_paired_significance_equals_a_hand_computation():
     idx = [0, 1, 2]
     a = pd.Series([70.0, 74.0, 72.0], index=idx)
     b = pd.Series([60.0, 66.0, 61.0, 99.0], index=idx + [3])  # seed 3 has no partner: not paired
-    res = dx.paired_difference(a, b, confidence=0.95)
+    res = significance.paired_difference(a, b, confidence=0.95)
     diffs = [10.0, 8.0, 11.0]
     mean = sum(diffs) / 3
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
@@ -311,32 +310,32 @@ def test_paired_significance_equals_a_hand_computation():
     assert res["t_crit"] == pytest.approx(4.302652729911275)
     assert (res["ci_low"], res["ci_high"]) == pytest.approx((mean - half, mean + half))
     assert res["verdict"] == "A > B: the 95% interval (seeds) excludes 0"
-    below = dx.paired_difference(b.iloc[:3], a, confidence=0.95)
+    below = significance.paired_difference(b.iloc[:3], a, confidence=0.95)
     assert below["verdict"] == "A < B: the 95% interval (seeds) excludes 0"
-    spread = dx.paired_difference(pd.Series([70.0, 60.0, 66.0]), pd.Series([65.0, 64.0, 64.0]))
+    spread = significance.paired_difference(pd.Series([70.0, 60.0, 66.0]), pd.Series([65.0, 64.0, 64.0]))
     assert spread["verdict"] == "not significant: the 95% interval (seeds) includes 0"
 
 
 def test_fewer_than_three_pairs_get_no_interval_and_no_verdict():
     # two seeds: t_{0.975,1} = 12.7; the old report called such cells significant (or not) anyway
-    two = dx.paired_difference(pd.Series([70.0, 60.0], index=[0, 1]), pd.Series([65.0, 64.0], index=[0, 1]))
+    two = significance.paired_difference(pd.Series([70.0, 60.0], index=[0, 1]), pd.Series([65.0, 64.0], index=[0, 1]))
     assert two["verdict"] == "not resolvable (n < 3 pairs)"
     assert two["n_pairs"] == 2 and two["mean_diff"] == pytest.approx(0.5)
     assert two["sd_diff"] == pytest.approx(math.sqrt(40.5))  # the spread is still reported
     assert all(math.isnan(two[k]) for k in ("t_crit", "ci_low", "ci_high"))
-    none = dx.paired_difference(pd.Series([70.0], index=[0]), pd.Series([60.0, 61.0], index=[1, 2]))
+    none = significance.paired_difference(pd.Series([70.0], index=[0]), pd.Series([60.0, 61.0], index=[1, 2]))
     assert none["verdict"] == "not resolvable (n < 3 pairs)" and none["n_pairs"] == 0 and math.isnan(none["mean_diff"])
-    one = dx.paired_difference(pd.Series([70.0], index=[0]), pd.Series([60.0], index=[0]))
+    one = significance.paired_difference(pd.Series([70.0], index=[0]), pd.Series([60.0], index=[0]))
     assert one["verdict"] == "not resolvable (n < 3 pairs)" and one["mean_diff"] == pytest.approx(10.0)
     assert math.isnan(one["sd_diff"]) and math.isnan(one["ci_low"])
 
 
 def test_a_zero_width_interval_is_never_called_significant():
-    same = dx.paired_difference(pd.Series([70.0, 72.0, 74.0]), pd.Series([60.0, 62.0, 64.0]))
+    same = significance.paired_difference(pd.Series([70.0, 72.0, 74.0]), pd.Series([60.0, 62.0, 64.0]))
     assert same["sd_diff"] == 0.0 and same["ci_low"] == same["ci_high"] == 10.0
     assert same["verdict"] == "not resolvable (sd = 0: the same difference for every seed)"
     # differences equal up to float rounding (30 and 30.000000000000004) are no spread either
-    rounded = dx.paired_difference(pd.Series([0.3, 0.1 + 0.2, 0.3]) * 100, pd.Series([0.0, 0.0, 0.0]))
+    rounded = significance.paired_difference(pd.Series([0.3, 0.1 + 0.2, 0.3]) * 100, pd.Series([0.0, 0.0, 0.0]))
     assert 0 < rounded["sd_diff"] < 1e-12
     assert rounded["verdict"] == "not resolvable (sd = 0: the same difference for every seed)"
 
@@ -346,12 +345,12 @@ def test_a_zero_width_interval_is_never_called_significant():
     (0.95, 60, 2.000297822), (0.99, 10, 3.169272673),
 ])
 def test_t_quantile_is_students_t(confidence, df, expected):
-    assert dx.t_quantile(confidence, df) == pytest.approx(expected, abs=1e-8)
+    assert significance.t_quantile(confidence, df) == pytest.approx(expected, abs=1e-8)
 
 
 def test_t_quantile_needs_a_degree_of_freedom():
     with pytest.raises(ValueError, match="t quantile needs df >= 1, got 0"):
-        dx.t_quantile(0.95, 0)
+        significance.t_quantile(0.95, 0)
 
 
 def test_significance_table_pairs_the_configured_comparisons(partial):
@@ -372,7 +371,7 @@ def test_significance_table_pairs_the_configured_comparisons(partial):
     # the seed interval is the t-interval; the verdict's interval adds the test set's sampling error in variance
     seed_half = 4.302652729911275 * hot["sd_diff"] / math.sqrt(3)
     assert (hot["ci_low"], hot["ci_high"]) == pytest.approx((hot["mean_diff"] - seed_half, hot["mean_diff"] + seed_half))
-    assert hot["se_test"] > 0 and hot["n_locations"] == LOCATIONS and hot["n_resamples"] == dx.BOOTSTRAP_RESAMPLES
+    assert hot["se_test"] > 0 and hot["n_locations"] == LOCATIONS and hot["n_resamples"] == significance.BOOTSTRAP_RESAMPLES
     both = math.sqrt(seed_half ** 2 + (1.959963984540054 * hot["se_test"]) ** 2)
     assert (hot["total_low"], hot["total_high"]) == pytest.approx((hot["mean_diff"] - both, hot["mean_diff"] + both))
     assert (hot["test_low"], hot["test_high"]) == pytest.approx(
@@ -396,12 +395,12 @@ def test_location_bootstrap_matches_the_closed_form_variance():
     diff = rng.choice([-1.0, 0.0, 1.0], size=2 * k, p=[0.2, 0.5, 0.3])
     devices = np.array(["b"] * k + ["c"] * k)
     units = np.array([f"city-{i}" for i in range(k)] * 2)
-    reps = dx.location_bootstrap(diff, devices, units, {"b": 0.5, "c": 0.5}, resamples=20000, seed=1)
+    reps = significance.location_bootstrap(diff, devices, units, {"b": 0.5, "c": 0.5}, resamples=20000, seed=1)
     per_location = (diff[:k] + diff[k:]) / 2
     assert reps.std(ddof=1) == pytest.approx(math.sqrt(per_location.var() / k), rel=0.03)
     assert reps.mean() == pytest.approx(per_location.mean(), abs=4 * per_location.std() / math.sqrt(k * 20000))
     # one clip per location: the ordinary clip bootstrap, var_pop / n
-    one = dx.location_bootstrap(diff[:k], devices[:k], units[:k], {"b": 1.0}, resamples=20000, seed=2)
+    one = significance.location_bootstrap(diff[:k], devices[:k], units[:k], {"b": 1.0}, resamples=20000, seed=2)
     assert one.std(ddof=1) == pytest.approx(diff[:k].std() / math.sqrt(k), rel=0.03)
 
 
@@ -411,9 +410,9 @@ def test_location_bootstrap_resamples_locations_not_clips():
     k, per = 10, 20
     diff = np.repeat(np.tile([1.0, 0.0], k // 2), per)  # half the locations all right, half all wrong
     devices, units = np.full(k * per, "a"), np.repeat([f"city-{i}" for i in range(k)], per)
-    by_location = dx.location_bootstrap(diff, devices, units, {"a": 1.0}, resamples=20000, seed=3)
+    by_location = significance.location_bootstrap(diff, devices, units, {"a": 1.0}, resamples=20000, seed=3)
     assert by_location.std(ddof=1) == pytest.approx(math.sqrt(0.25 / k), rel=0.03)
-    by_clip = dx.location_bootstrap(diff, devices, np.arange(k * per).astype(str), {"a": 1.0}, resamples=20000, seed=3)
+    by_clip = significance.location_bootstrap(diff, devices, np.arange(k * per).astype(str), {"a": 1.0}, resamples=20000, seed=3)
     assert by_clip.std(ddof=1) == pytest.approx(math.sqrt(0.25 / (k * per)), rel=0.03)
 
 
@@ -421,12 +420,14 @@ def test_location_bootstrap_is_paired_and_seeded():
     rng = np.random.default_rng(0)
     diff, devices = rng.choice([-1.0, 0.0, 1.0], 60), np.repeat(["a", "b", "c"], 20)
     units = np.array([f"city-{i % 7}" for i in range(60)])
-    first = dx.location_bootstrap(diff, devices, units, dx.DEVICE_WEIGHTS["Avg.BC"])
-    assert len(first) == dx.BOOTSTRAP_RESAMPLES and np.array_equal(first, dx.location_bootstrap(
-        diff, devices, units, dx.DEVICE_WEIGHTS["Avg.BC"]))  # the fixed seed: the same replicates every time
-    assert not np.array_equal(first, dx.location_bootstrap(diff, devices, units, dx.DEVICE_WEIGHTS["Avg.BC"], seed=1))
+    weights = significance.DEVICE_WEIGHTS["Avg.BC"]
+    first = significance.location_bootstrap(diff, devices, units, weights)
+    assert len(first) == significance.BOOTSTRAP_RESAMPLES and np.array_equal(first, significance.location_bootstrap(
+        diff, devices, units, weights))  # the fixed seed: the same replicates every time
+    assert not np.array_equal(first, significance.location_bootstrap(diff, devices, units, weights, seed=1))
     # A and B right on the same clips: a zero difference in every resample, whatever is drawn
-    assert np.array_equal(dx.location_bootstrap(np.zeros(60), devices, units, {"a": 1.0}), np.zeros(dx.BOOTSTRAP_RESAMPLES))
+    zero = significance.location_bootstrap(np.zeros(60), devices, units, {"a": 1.0})
+    assert np.array_equal(zero, np.zeros(significance.BOOTSTRAP_RESAMPLES))
 
 
 def test_test_set_sampling_equals_a_plain_numpy_bootstrap_of_the_runs_clips(partial):
@@ -488,7 +489,7 @@ def test_predictions_that_do_not_give_the_metrics_are_refused_and_missing_ones_a
     runs = load_runs(discover_runs(tmp_path))
     comparison = [{"name": "hot", "metric": "Avg.BC", "a": {"correction": "ref_abc", "temperature": 10, "loss": "focal"},
                    "b": {"correction": "ref_abc", "temperature": 1, "loss": "focal"}}]
-    row = dx.significance_table(runs, comparison).iloc[0]
+    row = significance.significance_table(runs, comparison).iloc[0]
     assert math.isnan(row["se_test"]) and row["total_low"] == row["ci_low"]  # seed 2 of B has no predictions.npz
     assert row["verdict"] == ("A > B: the 95% interval (seeds) excludes 0; seed spread only: no predictions.npz, so "
                               "test-set sampling is not included")
@@ -498,7 +499,7 @@ def test_predictions_that_do_not_give_the_metrics_are_refused_and_missing_ones_a
     with pytest.raises(ValueError, match=re.escape(
             f"{metrics.parent}/predictions.npz gives device c an accuracy of 0.72, but its metrics.json says "
             "acc_c = 0.73: the two files are not of one run")):
-        dx.significance_table(load_runs(discover_runs(tmp_path)), comparison)
+        significance.significance_table(load_runs(discover_runs(tmp_path)), comparison)
 
 
 def test_no_runs_is_a_clear_error(tmp_path, capsys):

@@ -117,6 +117,21 @@ def test_snakemake_plans_the_toy_artefact_and_rule_all_asks_for_it(tmp_path):
     assert "results/tables/toy.csv" in html_inputs  # the page waits for it
 
 
+def test_each_artefact_is_rendered_by_a_module_of_its_own():
+    """One renderer module per artefact: an artefact's renderer and its tables' documents sit in one module of
+    heatedasc.report that holds no other artefact's, and none of them in the shared layers (the context, the
+    registry, rendering, the runs, the table documents)."""
+    shared = {f"heatedasc.report.{m}" for m in ("context", "registry", "render", "runs", "tables")}
+    owner: dict[str, str] = {}
+    for artefact in REGISTRY:
+        modules = {f.__module__ for f in (artefact.render, *(t.document for t in artefact.tables))}
+        assert len(modules) == 1, (artefact.name, sorted(modules))
+        module = modules.pop()
+        assert module.startswith("heatedasc.report.") and module not in shared, (artefact.name, module)
+        assert module not in owner, f"{artefact.name} and {owner.get(module)} are both rendered by {module}"
+        owner[module] = artefact.name
+
+
 def test_the_snakemake_targets_are_the_registry_s(tmp_path):
     assert REGISTRY.target_keys()[-1] == "coefficient_plot"
     assert [p for k, p in REGISTRY.paths("results").items() if k in REGISTRY.target_keys()] == [
@@ -236,7 +251,7 @@ def test_each_caveat_is_on_the_page_once_and_in_every_markdown_file_that_needs_i
     limits are on the page once, in that table's section."""
     import markupsafe
 
-    from heatedasc.report import diagnostics as dx
+    from heatedasc.report import significance
     from heatedasc.report.runs import discover_runs, load_runs, selection_note
 
     src, results = tmp_path / "src", tmp_path / "results"
@@ -252,7 +267,7 @@ def test_each_caveat_is_on_the_page_once_and_in_every_markdown_file_that_needs_i
     assert page.count(str(markupsafe.escape(note))) == 1
     assert page.split('<section id="selection">', 1)[1].split("</section>", 1)[0].count(str(markupsafe.escape(note))) == 1
     k = int(pd.read_csv(out["significance"])["family_k"].iloc[0])
-    for paragraph in dx.significance_notes(float(config["report"]["confidence"]), k, ["test"]) + (
+    for paragraph in significance.significance_notes(float(config["report"]["confidence"]), k, ["test"]) + (
             config["report"]["caveat"],):
         assert page.count(str(markupsafe.escape(paragraph))) == 1, paragraph[:60]
 

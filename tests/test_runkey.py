@@ -18,7 +18,8 @@ from test_workflow import TINY, empty_tau_root, job_counts, write_override
 from heatedasc.config import ConfigError, check_consistency, load_config
 from heatedasc.report import REGISTRY
 from heatedasc.report.context import RenderContext
-from heatedasc.report.paper import fig3_data, make_table2, render_tables
+from heatedasc.report.fig3 import fig3_data
+from heatedasc.report.paper_tables import make_table2, render_tables
 from heatedasc.report.runs import (
     correction_colors,
     correction_labels,

@@ -1,5 +1,6 @@
 """The report: Tables 2 and 3, Figs. 3 and 2, calibration, confusion, paired significance and one HTML
-page, from the per-run outputs. Every artefact is declared once in `registry.REGISTRY`."""
+page, from the per-run outputs. Every artefact is declared once in `registry.REGISTRY` and rendered by a
+module of its own (paper_tables, fig3, fig2, calibration, confusion, significance, html)."""
 
 from heatedasc.report.context import RenderContext
 from heatedasc.report.registry import REGISTRY, Artefact, Figure, Registry, Table, UpstreamFigure

@@ -1,5 +1,6 @@
-"""What a renderer reads (RenderContext): the leaf of the report package. The renderers (paper, diagnostics,
-html), the registry that lists them and render, which runs them, all import it; it imports none of them."""
+"""What a renderer reads (RenderContext): the leaf of the report package. The renderers (one module per
+artefact: paper_tables, fig3, fig2, calibration, confusion, significance, html), the registry that lists them
+and render, which runs them, all import it; it imports none of them."""
 
 from __future__ import annotations
 

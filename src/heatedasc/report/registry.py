@@ -5,7 +5,9 @@ Snakemake rules (workflow/rules/report.smk loops over it), the report paths of P
 An artefact is one Snakemake rule (its name is the rule's and the provenance record's stage): its output
 files (paths under results/, as PATHS keys), the run inputs it needs, the config it reads (passed as the
 rule's params, so a change reruns it), its renderer, and the tables and figures it shows on the page.
-Adding one means adding an entry here and writing its renderer (and, for a table, its document)."""
+Each artefact's renderer (and, for a table, its document) lives in a module of its own under report/, which
+knows the RenderContext (heatedasc.report.context) and the shared helpers (runs, tables), never this registry
+or render. Adding an artefact means adding an entry here and writing its renderer module."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
-from heatedasc.report import diagnostics, html, paper
+from heatedasc.report import calibration, confusion, fig2, fig3, html, paper_tables, significance
 from heatedasc.report.tables import TableDoc, read_table_csv
 
 if TYPE_CHECKING:
@@ -220,14 +222,14 @@ REGISTRY = Registry(
                      "table3": "tables/table3.csv", "table3_md": "tables/table3.md", "summary": "metrics.json",
                      "dvc_metrics": "metrics"},
             provenance="tables/provenance.json",
-            render=paper.render_tables,
+            render=paper_tables.render_tables,
             folders=frozenset({"dvc_metrics"}),
             config=("report", "paper"),
             tables=(
                 Table("table2", "table2_md", "Table 2", "T = 1: device A and Avg.BC accuracy per correction and loss.",
-                      paper.table2_document),
+                      paper_tables.table2_document),
                 Table("table3", "table3_md", "Table 3", "The paper's quoted systems and this reproduction's rows.",
-                      paper.table3_document),
+                      paper_tables.table3_document),
             ),
         ),
         Artefact(
@@ -235,7 +237,7 @@ REGISTRY = Registry(
             category="The paper's artefacts",
             outputs={"fig3": "figures/fig3.png", "fig3_pdf": "figures/fig3.pdf", "fig3_csv": "figures/fig3.csv"},
             provenance="figures/fig3.provenance.json",
-            render=paper.render_fig3,
+            render=fig3.render_fig3,
             config=("report", "paper"),
             figures=(Figure("fig3", "Fig. 3", "Accuracy against temperature per correction (mean ± sd over seeds)."),),
         ),
@@ -244,7 +246,7 @@ REGISTRY = Registry(
             category="The paper's artefacts",
             outputs={"fig2": "figures/fig2.png"},
             provenance="figures/fig2.provenance.json",
-            render=paper.render_fig2,
+            render=fig2.render_fig2,
             needs=frozenset({"fig2_embeddings"}),
             config=("report.fig2_temperatures",),
             figures=(Figure("fig2", "Fig. 2", "PCA of the GAP embeddings, test and train rows, per T."),),
@@ -254,12 +256,12 @@ REGISTRY = Registry(
             outputs={"calibration": "tables/calibration.csv", "calibration_md": "tables/calibration.md",
                      "reliability": "figures/reliability.png"},
             provenance="tables/calibration.provenance.json",
-            render=diagnostics.render_calibration,
+            render=calibration.render_calibration,
             needs=frozenset({"metrics", "predictions"}),
             config=("report", "sweep"),
             tables=(Table("calibration", "calibration_md", "Calibration",
                           "Expected calibration error of softmax(z/T) per correction, T and loss.",
-                          diagnostics.calibration_document),),
+                          calibration.calibration_document),),
             figures=(Figure("reliability", "Reliability diagrams",
                             "softmax(z/T) on the test set, pooled over seeds."),),
         ),
@@ -267,19 +269,19 @@ REGISTRY = Registry(
             name="confusion",
             outputs={"confusion": "figures/confusion.png", "confusion_csv": "tables/confusion.csv"},
             provenance="figures/confusion.provenance.json",
-            render=diagnostics.render_confusion,
+            render=confusion.render_confusion,
             figures=(Figure("confusion", "Confusion matrices", "Per device, summed over seeds."),),
         ),
         Artefact(
             name="significance",
             outputs={"significance": "tables/significance.csv", "significance_md": "tables/significance.md"},
             provenance="tables/significance.provenance.json",
-            render=diagnostics.render_significance,
+            render=significance.render_significance,
             needs=frozenset({"metrics", "predictions"}),  # the test-set sampling bootstrap reads each run's clips
             tables=(Table("significance", "significance_md", "Significance",
                           "The paper's comparisons, paired over seeds, with the test set's sampling error.",
-                          diagnostics.significance_document,
-                          text_columns=diagnostics.SIGNIFICANCE_TEXT),),
+                          significance.significance_document,
+                          text_columns=significance.SIGNIFICANCE_TEXT),),
         ),
         # One self-contained HTML page: every table and figure above, the selection note, the effective
         # configuration and the lineage of the training runs.

@@ -1,5 +1,6 @@
 """The training runs a report reads: finding them, their metrics, predictions and embeddings, the display
-labels of the corrections, and selecting the runs (one per seed) of a (correction, T, loss) cell."""
+labels of the corrections, selecting the runs (one per seed) of a (correction, T, loss) cell and their
+mean ± sd over seeds."""
 
 from __future__ import annotations
 
@@ -110,6 +111,13 @@ def one_per_seed(runs: pd.DataFrame, cell: pd.DataFrame, what: str, pinned: Iter
             f"the runs of {what} differ in the sweep axis/axes {', '.join(spread)} ({len(cell)} runs); this "
             f"artefact shows one run per seed, so it needs one value of {', '.join(spread)}")
     return cell
+
+
+def seed_stats(values: pd.Series) -> tuple[float, float, int]:
+    """A metric of the runs of one cell (fractions) in %: mean, sd over seeds (ddof=1; NaN below 2) and n."""
+    v = values.dropna().astype(float) * 100.0
+    n = len(v)
+    return (float(v.mean()) if n else np.nan, float(v.std(ddof=1)) if n > 1 else np.nan, n)
 
 
 def load_predictions(run_dir) -> dict | None:

@@ -1,26 +1,16 @@
-"""The paper's artefacts from the per-run metrics: Table 2, Table 3, Fig. 3, Fig. 2 and the summary
-metrics `dvc metrics show` prints. Renderers take a RenderContext and the artefact's output paths and
-return the tables they computed (the registry writes those as CSV and Markdown)."""
+"""The paper's tables from the per-run metrics: Table 2 and Table 3 (tables/table2.csv, tables/table3.csv and
+their Markdown), and the summary metrics beside them: results/metrics.json (what `heatedasc compare` checks) and
+results/metrics/<correction>.json (what `dvc metrics show` prints)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
 
 from heatedasc.fileio import atomic_dir, write_json
-from heatedasc.plotting import pyplot, save_figure
-from heatedasc.report.runs import (
-    METRICS,
-    class_names,
-    correction_colors,
-    correction_labels,
-    one_per_seed,
-    select_cell,
-    selection_note,
-)
+from heatedasc.report.runs import METRICS, correction_labels, one_per_seed, seed_stats, select_cell, selection_note
 from heatedasc.report.tables import TableDoc, format_cell, format_plain, format_published, integer_counts, isnan
 
 if TYPE_CHECKING:
@@ -33,17 +23,10 @@ QUOTED_NOTE = ("Rows with source \"quoted from paper\" are other systems' number
                "they were not rerun here.")
 
 
-def _agg(values: pd.Series) -> tuple[float, float, int]:
-    v = values.dropna().astype(float) * 100.0
-    n = len(v)
-    return (float(v.mean()) if n else np.nan, float(v.std(ddof=1)) if n > 1 else np.nan, n)
-
-
 def _count_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.endswith("_n")]
 
 
-# ---------------------------------------------------------------- Tables 2 and 3
 def make_table2(runs: pd.DataFrame, *, temperature, paper_table2: dict, labels: Mapping[str, str]) -> pd.DataFrame:
     """Rows per correction (`labels`: correction -> its label, in row order; a correction of `runs` not in it
     gets a row under its own name); per loss × (Dev.A, Avg.BC): mean, sd (ddof=1), n seeds, paper, diff (%)."""
@@ -56,7 +39,7 @@ def make_table2(runs: pd.DataFrame, *, temperature, paper_table2: dict, labels: 
         for loss in ("focal", "ce"):
             cell = select_cell(runs, correction=corr, temperature=temperature, loss=loss)
             for name in ("Dev.A", "Avg.BC"):
-                mean, sd, n = _agg(cell[METRICS[name]])
+                mean, sd, n = seed_stats(cell[METRICS[name]])
                 paper = paper_table2.get(loss, {}).get(corr, {}).get(PAPER_KEYS[name], np.nan)
                 prefix = f"{loss}_{name}"
                 row.update({f"{prefix}_mean": mean, f"{prefix}_sd": sd, f"{prefix}_n": n,
@@ -81,7 +64,7 @@ def make_table3(runs: pd.DataFrame, *, rows: list, quoted: list, paper_ours: dic
         r = {"system": f"Base_model_{spec['name']}", "source": "this reproduction",
              "params": int(cell["params_keras"].iloc[0]) if len(cell) else np.nan}
         for name, key in PAPER_KEYS.items():
-            mean, sd, n = _agg(cell[METRICS[name]])
+            mean, sd, n = seed_stats(cell[METRICS[name]])
             p = paper.get(key, np.nan)
             p = np.nan if p is None else p
             r.update({f"{name}_mean": mean, f"{name}_sd": sd, f"{name}_n": n, f"{name}_paper": p,
@@ -143,131 +126,6 @@ def render_tables(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.Da
                                   paper_ours=paper["table3_ours"])}
 
 
-# ---------------------------------------------------------------- Fig. 3
-def fig3_data(runs: pd.DataFrame, *, loss: str, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Mean ± sd over seeds of Avg.BC and Dev.A per (correction, T) of the `loss` runs, the correction by its label
-    (`labels`: correction -> label; its own name where none)."""
-    labels = labels or {}
-    sel = runs[runs["loss"] == loss]
-    rows = []
-    for (corr, t), g in sel.groupby(["correction", "temperature"]):
-        one_per_seed(runs, g, f"correction {corr}, T={float(t):g}, loss {loss}")  # never pooled over further axes
-        for name in ("Avg.BC", "Dev.A"):
-            mean, sd, n = _agg(g[METRICS[name]])
-            rows.append({"correction": labels.get(corr, corr), "temperature": t, "metric": name,
-                         "mean": mean, "sd": sd, "n": n})
-    return pd.DataFrame(rows, columns=["correction", "temperature", "metric", "mean", "sd", "n"])
-
-
-def plot_fig3(data: pd.DataFrame, out_png, *, out_pdf=None, loss: str, paper_best: dict | None = None,
-              paper_best_label: str = "paper best", report_cfg: Mapping | None = None) -> None:
-    """Accuracy against T per correction (fig3_data), mean ± sd band over seeds. `paper_best` (docs/reproduction.md §9, %)
-    holds `temperature`, `avg_bc` and `dev_a` of the paper's best row, drawn as a star. The corrections' labels
-    and colours: `report.corrections` of `report_cfg` (seaborn's colorblind palette where it gives no colour);
-    a labelled correction with no run is named as missing."""
-    import seaborn as sns
-
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    report_cfg = report_cfg or {}
-    labels = correction_labels(report_cfg)
-    for label in dict.fromkeys(data["correction"]):  # drawn under a label (fig3_data): one not configured is its own
-        if label not in labels.values():
-            labels[label] = label
-    palette = correction_colors(report_cfg, labels, sns.color_palette("colorblind", max(len(labels), 3)))
-    for ax, name in zip(axes, ("Avg.BC", "Dev.A")):
-        d = data[data["metric"] == name]
-        for corr, g in d.groupby("correction"):
-            g = g.sort_values("temperature")
-            ax.plot(g["temperature"], g["mean"], marker="o", label=corr, color=palette.get(corr))
-            sd = g["sd"].fillna(0.0)
-            ax.fill_between(g["temperature"], g["mean"] - sd, g["mean"] + sd, alpha=0.2, color=palette.get(corr))
-        for label in labels.values():  # a correction with no run is named as missing, never drawn as 0
-            if label not in set(d["correction"]):
-                ax.plot([], [], linestyle="none", marker="x", color=palette.get(label), label=f"{label}: no runs")
-        if paper_best:
-            key = "avg_bc" if name == "Avg.BC" else "dev_a"
-            ax.scatter([paper_best["temperature"]], [paper_best[key]], marker="*", s=150, color="k",
-                       label=paper_best_label)
-        ax.set_title(f"{name} ({loss} loss)")
-        ax.set_xlabel("temperature T")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, out_png, dpi=120)
-    if out_pdf:
-        save_figure(fig, out_pdf, format="pdf")
-    plt.close(fig)
-
-
-def paper_best(report_cfg: Mapping, paper: Mapping) -> tuple[dict | None, str]:
-    """The paper's best row of Table 3 (highest Avg.BC among the configured rows) for Fig. 3's star."""
-    rows = [r for r in report_cfg["table3_rows"] if r["name"] in paper.get("table3_ours", {})
-            and r["loss"] == report_cfg["fig3_loss"]]
-    if not rows:
-        return None, ""
-    best = max(rows, key=lambda r: paper["table3_ours"][r["name"]]["avg_bc"])
-    values = dict(paper["table3_ours"][best["name"]], temperature=float(best["temperature"]))
-    return values, f"paper best ({best['name']})"
-
-
-def render_fig3(ctx: RenderContext, out: Mapping[str, str]) -> dict[str, pd.DataFrame]:
-    cfg = ctx.config["report"]
-    assert ctx.runs is not None  # the artefact needs the runs' metrics (registry)
-    data = fig3_data(ctx.runs, loss=cfg["fig3_loss"], labels=correction_labels(cfg, ctx.runs["correction"]))
-    best, label = paper_best(cfg, ctx.config["paper"])
-    plot_fig3(data, out["fig3"], out_pdf=out.get("fig3_pdf"), loss=cfg["fig3_loss"], paper_best=best,
-              paper_best_label=label, report_cfg=cfg)
-    return {"fig3_csv": data}
-
-
-# ---------------------------------------------------------------- Fig. 2
-def _pca_fit(x: np.ndarray):
-    mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    return mean, vt[:2].T
-
-
-def plot_fig2(embedding_files: Mapping[float, str | None], out_png, *, class_names) -> None:
-    """PCA (fitted on each T's train embeddings) of GAP outputs: row 1 test, row 2 train, per T."""
-    plt = pyplot()
-    temps = list(embedding_files)
-    fig, axes = plt.subplots(2, max(len(temps), 1), figsize=(3.2 * max(len(temps), 1), 6.2), squeeze=False)
-    colors = plt.get_cmap("tab10")
-    for j, t in enumerate(temps):
-        f = embedding_files[t]
-        if not f or not Path(f).exists():
-            for i in range(2):
-                axes[i, j].text(0.5, 0.5, f"T={t:g}\nmissing run", ha="center", va="center")
-                axes[i, j].set_axis_off()
-            continue
-        e = np.load(f)
-        mean, basis = _pca_fit(e["train_embeddings"].astype(np.float64))
-        for i, part in enumerate(("test", "train")):
-            z = (e[f"{part}_embeddings"] - mean) @ basis
-            labels = e[f"{part}_labels"]
-            for c, name in enumerate(class_names):
-                m = labels == c
-                axes[i, j].scatter(z[m, 0], z[m, 1], s=4, color=colors(c), label=name)
-            axes[i, j].set_title(f"T={t:g}, {part}")
-            axes[i, j].set_xticks([])
-            axes[i, j].set_yticks([])
-    handles, labs = axes[0, 0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labs, loc="lower center", ncol=5, fontsize=7, markerscale=3)
-    fig.suptitle("GAP embeddings, PCA fitted on the train embeddings of each T")
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    save_figure(fig, out_png, dpi=110)
-    plt.close(fig)
-
-
-def render_fig2(ctx: RenderContext, out: Mapping[str, str]) -> None:
-    files = {float(t): ctx.fig2_embeddings.get(float(t)) for t in ctx.config["report"]["fig2_temperatures"]}
-    plot_fig2(files, out["fig2"], class_names=class_names())
-
-
-# ---------------------------------------------------------------- summaries
 def dvc_metrics(runs: pd.DataFrame, *, temperature: float) -> dict[str, dict]:
     """What `dvc metrics show` prints: one row per correction (results/metrics/<correction>.json), flat keys,
     accuracies in % (mean over seeds, 2 decimals): Dev.A and Avg.BC per loss at Table 2's T, and per loss
