@@ -424,6 +424,25 @@ def test_corrupt_shard_is_recomputed_and_stale_config_shards_are_not_reused(tmp_
         manifest[manifest.split == "train"].reset_index(drop=True), extractor, stats, 4000)
 
 
+def test_shards_of_other_audio_are_not_reused(tmp_path, monkeypatch, in_a_workflow_dir):
+    """Same manifest, stats and settings, but one clip's content changed after a kill: every shard is recomputed
+    (the shard key holds the audio folder's content)."""
+    manifest, audio, extractor, stats = _resume_fixture(tmp_path)
+    out, csv = tmp_path / "c" / "train.npy", tmp_path / "c" / "train.csv"
+    kw = dict(batch_size=2, shard_batches=1, progress=False)
+    with monkeypatch.context() as m:
+        _Recorder(m, fail_after=3)
+        with pytest.raises(KeyboardInterrupt):
+            build_feature_cache(manifest, "train", audio, extractor, stats, out, csv, **kw)
+    name = manifest["filename"].iloc[0].split("/")[1]
+    wave, sr = sf.read(audio / name, dtype="float32")
+    sf.write(audio / name, 0.5 * wave, sr, subtype="FLOAT")
+    with monkeypatch.context() as m:
+        rerun = _Recorder(m)
+        build_feature_cache(manifest, "train", audio, extractor, stats, out, csv, **kw)
+    assert rerun.shards == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+
+
 def test_make_extractor_folds_the_files_coefficients_for_the_asked_devices_on_the_cpu(tmp_path):
     from heatedasc.correction import save_coefficients
     from heatedasc.dsp import mel_filterbank
@@ -458,6 +477,7 @@ def test_a_cache_refuses_bad_arguments_by_name_before_any_work(tmp_path):
         (dict(m=manifest.drop(columns=["identifier", "group"])),
          "manifest lacks columns ['identifier', 'group'] needed for the cache index"),
         (dict(m=manifest.drop(columns=["scene_label"])), "manifest lacks columns ['scene_label'] needed for the cache index"),
+        (dict(m=manifest.drop(columns=["filename"])), "manifest lacks columns ['filename'] needed for the cache index"),
         (dict(batch_size=0), f"batch_size and shard_batches must be >= 1, got 0, {SHARD_BATCHES}"),
         (dict(shard_batches=0), "batch_size and shard_batches must be >= 1, got 1, 0"),
         (dict(stats={"mean": np.zeros(32), "std": np.ones(31)}), "stats have shapes (32,)/(31,), expected (32,)"),

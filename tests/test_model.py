@@ -109,3 +109,10 @@ def test_model_settings_are_checked_and_kept():
     for bad in (1.0, 1.5, -0.1):
         with pytest.raises(ValueError, match=rf"^model.bn_momentum_keras must be in \[0, 1\), got {bad}$"):
             ASCNet(bn_momentum_keras=bad)
+
+
+def test_off_the_cpu_the_classifier_is_the_dense_layer():
+    """torch's meta device stands in for CUDA (shapes without numbers): the nn.Linear path runs there."""
+    model = ASCNet(channels=(4, 8), strides=(1, 2)).to("meta")
+    logits, emb = model.forward_with_embedding(torch.empty(2, 1, 12, 20, device="meta"))
+    assert logits.shape == (2, 10) and emb.shape == (2, 8) and logits.device.type == "meta"
