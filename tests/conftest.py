@@ -38,22 +38,54 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=rank)  # stable: the order inside a file, and among the other files, stays as collected
 
 
+def copy_working_tree(dst: Path) -> None:
+    """The checkout's files as they are now (tracked and new, not ignored), without results or data."""
+    import shutil
+
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    for rel in filter(None, listed):
+        top = rel.split("/", 1)[0]
+        if top in ("data", "results", "logs", ".snakemake") or rel == "dvc.lock":
+            continue
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Path:
     """A finished tiny project (tests/test_workflow.py's TINY with two corrections, T = 1, focal, one seed): its
-    working directory, with the override it ran with as tiny.yaml. Tests copy it before changing anything."""
+    working directory, with the override it ran with as tiny.yaml. Made once per test session, whichever
+    pytest-xdist worker asks first (the others wait for it): tests copy it before changing anything."""
+    import fcntl
+    import shutil
+
     import yaml
     from test_workflow import TINY
 
-    work = tmp_path_factory.mktemp("tiny") / "work"
-    work.mkdir()
-    cfg = json.loads(json.dumps(TINY))
-    cfg["data"]["root"] = "data/synthetic"  # inside the working directory: relative, so copies are portable
-    cfg["sweep"] = {"correction": ["ref_abc", "none"], "temperature": [1], "loss": ["focal"], "seed": [0]}
-    (work / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-    subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(REPO / "Snakefile"),
-                    "--directory", str(work), "--configfile", str(REPO / "params.yaml"), str(work / "tiny.yaml")],
-                   check=True, capture_output=True, env={**venv_env(), "PYTHONPATH": str(REPO / "src")}, timeout=900)
+    # the folder all workers of this session share (pytest-of-USER/pytest-N; popen-gwK below it is a worker's)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    shared = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
+    work, done = shared / "tiny" / "work", shared / "tiny" / "done"
+    with open(shared / "tiny.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
+        if not done.is_file():
+            shutil.rmtree(work.parent, ignore_errors=True)  # what a failed attempt left
+            work.mkdir(parents=True)
+            cfg = json.loads(json.dumps(TINY))
+            cfg["data"]["root"] = "data/synthetic"  # inside the working directory: relative, so copies are portable
+            cfg["sweep"] = {"correction": ["ref_abc", "none"], "temperature": [1], "loss": ["focal"], "seed": [0]}
+            (work / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+            subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(REPO / "Snakefile"),
+                            "--directory", str(work), "--configfile", str(REPO / "params.yaml"),
+                            str(work / "tiny.yaml")],
+                           check=True, capture_output=True, env={**venv_env(), "PYTHONPATH": str(REPO / "src")},
+                           timeout=900)
+            done.touch()
     return work
 
 

@@ -1,22 +1,22 @@
 """DVC around the Snakemake DAG, for real, in a temporary git copy of the repository with a tiny config.
 
 What a DVC user does, and what must then hold in BOTH tools with no extra command:
-* `dvc repro`, then nothing to do; an identical rerun from scratch leaves dvc.lock unchanged;
+* `dvc repro`, then nothing to do; from scratch it makes the same dvc.lock as the results Snakemake alone made;
 * after `git clone` + `dvc pull`, `dvc checkout`, `git checkout <other>` + `dvc checkout` and `dvc exp apply`,
   `dvc status` and `snakemake -n` (plain and with `--profile slurm`) report nothing to do;
-* a real change (one param, one library module, one raw wav) reruns what depends on it;
 * `dvc exp run -S` takes effect (and `dvc exp show` / `dvc params diff` show the values that ran), or stops
   naming the config file that overrides the key.
+What a change (a param, a library module, a raw wav, a cached intermediate) makes `dvc status` and `dvc repro` do is
+the rerun-contract suite's (tests/test_rerun_contract.py), beside Snakemake's plan and `heatedasc lineage`.
 """
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, venv_env
+from conftest import copy_working_tree, venv_env
 from test_workflow import TINY, job_counts
 
 pytestmark = pytest.mark.workflow
@@ -40,22 +40,6 @@ def run(cwd: Path, *cmd: str, check: bool = True, timeout: int = 900) -> str:
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-8000:]}")
     return out
-
-
-def copy_working_tree(dst: Path) -> None:
-    """The checkout's files as they are now (tracked and new, not ignored), without results or data."""
-    listed = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split("\0")
-    for rel in filter(None, listed):
-        top = rel.split("/", 1)[0]
-        if top in ("data", "results", "logs", ".snakemake") or rel == "dvc.lock":
-            continue
-        src = REPO / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
 
 
 def configfiles(repo: Path) -> list[str]:
@@ -91,12 +75,6 @@ def edit_yaml(path: Path, section: str, key: str, value) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def flip_last_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
 def new_project(root: Path, *, tiny_overrides: dict | None = None) -> Path:
     """A git repository copied from the working tree with the tiny config wired in (not yet run)."""
     repo = root / "repo"
@@ -119,9 +97,26 @@ def new_project(root: Path, *, tiny_overrides: dict | None = None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """The tiny project after one `dvc repro`, committed."""
+def project(tiny_project, tmp_path_factory):
+    """The tiny project (conftest.tiny_project, which Snakemake made) in a git repository of this checkout, its
+    results taken into DVC as they are: `dvc repro config` writes the merged configuration, `dvc commit` records
+    every stage in dvc.lock; committed. test_an_identical_rerun_from_scratch_makes_the_same_dvc_lock shows that
+    this is the state `dvc repro` makes."""
+    import shutil
+
     repo = new_project(tmp_path_factory.mktemp("dvc"))
+    for part in ("data", "results", "logs", ".snakemake"):
+        shutil.copytree(tiny_project / part, repo / part, symlinks=True)
+    run(repo, "dvc", "repro", "config")
+    run(repo, "dvc", "commit", "--force")
+    git_commit(repo, "dvc commit")
+    return {"repo": repo, "lock": (repo / "dvc.lock").read_text()}
+
+
+@pytest.fixture(scope="module")
+def rerun(tmp_path_factory):
+    """A new copy of the project that ran `dvc repro` from nothing (no results, no cache to pull from), committed."""
+    repo = new_project(tmp_path_factory.mktemp("rerun"))
     first = run(repo, "dvc", "repro")
     # Every output is in the DVC cache (git-ignored by DVC) or a git-tracked cache: false out.
     untracked = run(repo, "git", "status", "--porcelain", "--untracked-files=all").splitlines()
@@ -132,23 +127,41 @@ def project(tmp_path_factory):
     return {"repo": repo, "first": first, "leftovers": leftovers}
 
 
-def test_repro_runs_every_stage_then_has_nothing_to_do(project):
-    repo = project["repo"]
+def test_repro_runs_every_stage_then_has_nothing_to_do(rerun):
+    repo = rerun["repo"]
     for stage in STAGES:
-        assert f"Running stage '{stage}'" in project["first"], stage
-    for name in ("tables/table2.csv", "tables/table3.csv", "figures/fig3.png", "figures/fig3.csv",
-                 "figures/fig2.png", "metrics.json", "metrics/ref_abc.json", "coefficients/coefficients.png",
-                 "config.yaml"):
-        assert (repo / "results" / name).stat().st_size > 0, name
+        assert f"Running stage '{stage}'" in rerun["first"], stage
+    from heatedasc.report.registry import REGISTRY
+
+    made = {**REGISTRY.paths(repo / "results"), "config": repo / "results" / "config.yaml",
+            "ref_abc metrics": repo / "results" / "metrics" / "ref_abc.json"}
+    for key, path in made.items():  # every report artefact, its record and the figures it shows
+        assert Path(path).stat().st_size > 0, key
     assert json.loads((repo / "results" / "metrics.json").read_text())["n_runs"] == len(TINY_SWEEP["correction"])
-    assert project["leftovers"] == [], "Snakemake outputs that are neither DVC outs nor git-tracked"
+    assert rerun["leftovers"] == [], "Snakemake outputs that are neither DVC outs nor git-tracked"
     # One line per job on the terminal, not Snakemake's reason dumps.
-    assert "reason:" not in project["first"] and "[0/" in project["first"]
+    assert "reason:" not in rerun["first"] and "[0/" in rerun["first"]
 
     again = run(repo, "dvc", "repro")
     assert "Running stage" not in again
     assert_nothing_to_do(repo)
     assert run(repo, "git", "status", "--porcelain") == ""
+
+
+def test_an_identical_rerun_from_scratch_makes_the_same_dvc_lock(rerun, project):
+    """`dvc repro` from nothing records what Snakemake alone made (the project's results, committed as they were):
+    the same dvc.lock and the same git-tracked results, byte for byte."""
+    repo = rerun["repo"]
+    assert (repo / "dvc.lock").read_text() == project["lock"]
+    tracked = run(repo, "git", "ls-files", "results").split()
+    assert "results/config.yaml" in tracked and "results/metrics.json" in tracked
+    for rel in tracked:
+        assert (repo / rel).read_bytes() == (project["repo"] / rel).read_bytes(), rel
+    # when/where the jobs ran stays beside the logs, where `heatedasc lineage` finds it
+    volatile = repo / "logs" / "provenance" / "results" / "runs" / "ref_abc" / "T1" / "focal" / "seed0" / "provenance.json"
+    assert {"created", "host", "git"} <= set(json.loads(volatile.read_text()))
+    out = run(repo, "heatedasc", "lineage", "results/runs/ref_abc/T1/focal/seed0/metrics.json", "--no-plan")
+    assert "[ok] train(correction=ref_abc, temperature=1, loss=focal, seed=0) at 20" in out
 
 
 def test_metrics_show_is_a_table_a_person_can_read(project):
@@ -168,27 +181,6 @@ def test_metrics_show_is_a_table_a_person_can_read(project):
     plots = json.loads(run(repo, "dvc", "plots", "show", "--json"))
     [fig3] = plots["data"]["results/figures/fig3.csv"]
     assert fig3["content"]["facet"]["column"]["field"] == "metric"  # the project's template .dvc/plots/fig3.json
-
-
-@pytest.fixture(scope="module")
-def rerun(project, tmp_path_factory):
-    """A clone of the project that ran `dvc repro` from nothing (no cache to pull from)."""
-    repo = tmp_path_factory.mktemp("rerun") / "again"
-    run(project["repo"].parent, "git", "clone", "-q", str(project["repo"]), str(repo))
-    lock = (repo / "dvc.lock").read_text()
-    run(repo, "dvc", "repro")
-    return {"repo": repo, "lock": lock}
-
-
-def test_an_identical_rerun_from_scratch_leaves_dvc_lock_unchanged(rerun):
-    repo, lock = rerun["repo"], rerun["lock"]
-    assert (repo / "dvc.lock").read_text() == lock
-    assert run(repo, "git", "status", "--porcelain") == ""  # the git-tracked results are identical too
-    # when/where the jobs ran stays beside the logs, where `heatedasc lineage` finds it
-    volatile = repo / "logs" / "provenance" / "results" / "runs" / "ref_abc" / "T1" / "focal" / "seed0" / "provenance.json"
-    assert {"created", "host", "git"} <= set(json.loads(volatile.read_text()))
-    out = run(repo, "heatedasc", "lineage", "results/runs/ref_abc/T1/focal/seed0/metrics.json", "--no-plan")
-    assert "[ok] train(correction=ref_abc, temperature=1, loss=focal, seed=0) at 20" in out
 
 
 def test_clone_pull_checkout_and_exp_apply_need_no_extra_command(project, tmp_path):
@@ -233,46 +225,6 @@ def test_clone_pull_checkout_and_exp_apply_need_no_extra_command(project, tmp_pa
     assert_nothing_to_do(clone)
     run(clone, "dvc", "exp", "apply", "three")
     assert yaml.safe_load((clone / "results" / "config.yaml").read_text())["train"]["epochs"] == 3
-    assert_nothing_to_do(clone)
-
-
-def test_a_real_change_reruns_exactly_what_depends_on_it(rerun):
-    clone = rerun["repo"]  # up to date after its own `dvc repro` (the previous test checks that)
-    n_runs = len(TINY_SWEEP["correction"])
-
-    # One parameter: the training runs and the report. DVC sees the edit at the config stage; once that
-    # stage has merged it into results/config.yaml, the stages whose params changed.
-    edit_yaml(clone / "config" / "tiny.yaml", "train", "epochs", 2)
-    assert set(dvc_status(clone)) == {"config"}
-    run(clone, "dvc", "repro", "config")
-    assert set(dvc_status(clone)) == {"train", "report"}
-    counts = plan(clone)
-    assert counts["train"] == n_runs and counts["tables"] == 1  # and every report artefact after them
-    for upstream in ("synthesize", "prepare", "mean_spectra", "coefficients", "feature_stats", "features"):
-        assert upstream not in counts, upstream
-    run(clone, "git", "checkout", "--", ".")
-    assert plan(clone) == {} and dvc_status(clone) == {}
-
-    # One library module: exactly the jobs whose code imports it.
-    losses = clone / "src" / "heatedasc" / "losses.py"
-    losses.write_text(losses.read_text() + "\n# an edit\n")
-    assert set(dvc_status(clone)) == {"train"}
-    counts = plan(clone)
-    assert counts["train"] == n_runs and "features" not in counts and "prepare" not in counts
-    run(clone, "git", "checkout", "--", "src/heatedasc/losses.py")
-    assert plan(clone) == {} and dvc_status(clone) == {}
-
-    # One raw wav of the generated set, damaged: the generator owns that folder and rewrites it. Snakemake reruns the
-    # generator and, as it always does after a rerun job, everything after it. DVC reruns the synthesize stage alone:
-    # its output is then back to what dvc.lock records, so no later stage's deps changed. Either way both tools
-    # agree afterwards that nothing is left to do (the later jobs' records match the rewritten, identical bytes).
-    wav = sorted((clone / "data" / "synthetic" / "audio").glob("*.wav"))[0]
-    flip_last_byte(wav)
-    assert "synthesize" in dvc_status(clone)
-    counts = plan(clone)
-    assert counts["synthesize"] == 1 and counts["prepare"] == 1 and counts["train"] == n_runs
-    out = run(clone, "dvc", "repro")
-    assert "Running stage 'synthesize'" in out and "Running stage 'train'" not in out
     assert_nothing_to_do(clone)
 
 

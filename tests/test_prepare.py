@@ -48,7 +48,7 @@ def run(root, out, **overrides):
     return prepare_dataset(root, out / "audio", out / "manifest.csv", out / "summary.csv", out / "report.json", **kwargs)
 
 
-def test_to_mono_fixed_changes():
+def test_to_mono_fixed_downmixes_resamples_pads_and_trims_naming_each_change():
     rng = np.random.default_rng(0)
     stereo = rng.standard_normal((2, 4800)).astype(np.float32)
     mono, changes = to_mono_fixed(stereo, 48000, target_sr=44100, n_samples=4410)
@@ -65,7 +65,7 @@ def test_to_mono_fixed_changes():
     assert long.tolist() == list(range(112))
 
 
-def test_write_and_read_roundtrip(tmp_path):
+def test_a_written_wav_is_24_bit_pcm_reads_back_and_a_bad_file_is_named(tmp_path):
     wave = np.linspace(-0.5, 0.5, 1000, dtype=np.float32)
     write_wav(tmp_path / "x.wav", wave, SR)
     assert sf.info(str(tmp_path / "x.wav")).subtype == "PCM_24"

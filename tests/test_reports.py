@@ -2,6 +2,7 @@
 diagnostics, each with its title, caption and category from the report registry — checked in headless Chromium."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -14,10 +15,12 @@ pytestmark = pytest.mark.workflow
 
 
 def test_snakemake_report_files_every_table_and_figure_under_its_category(tiny_project, tmp_path):
+    work = tmp_path / "work"  # a copy: other workers copy the shared project meanwhile, and snakemake writes .snakemake
+    shutil.copytree(tiny_project, work, symlinks=True)
     report = tmp_path / "report.html"
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--report", str(report), "--snakefile",
-                           str(REPO / "Snakefile"), "--directory", str(tiny_project), "--configfile",
-                           str(REPO / "params.yaml"), str(tiny_project / "tiny.yaml")],
+                           str(REPO / "Snakefile"), "--directory", str(work), "--configfile",
+                           str(REPO / "params.yaml"), str(work / "tiny.yaml")],
                           capture_output=True, text=True, env={**venv_env(), "PYTHONPATH": str(REPO / "src")})
     assert proc.returncode == 0 and "Report created" in proc.stdout + proc.stderr, proc.stderr[-3000:]
     html = report.read_text()

@@ -37,13 +37,13 @@ def write_lines(path, rows):
     path.write_text("\n".join(rows) + "\n")
 
 
-def test_contract_names():
+def test_the_ten_scenes_and_three_devices_and_dataset_errors_being_value_errors():
     assert SCENES[0] == "airport" and SCENES[-1] == "tram" and len(SCENES) == 10
     assert DEVICES == ("a", "b", "c")
     assert issubclass(DatasetError, ValueError)
 
 
-def test_parse_filename():
+def test_parse_filename_splits_every_field_and_names_a_malformed_name():
     fields = parse_filename("audio/street_traffic-barcelona-161-4901-b.wav")
     assert fields == {
         "scene_label": "street_traffic", "city": "barcelona", "location": "161", "segment": "4901",

@@ -55,22 +55,25 @@ def empty_tau_root(root: Path) -> Path:
     return root
 
 
-def test_paper_config_plans_144_training_jobs_without_data(tmp_path):
+def test_paper_config_plans_one_training_job_per_sweep_cell_without_data(tmp_path):
+    """params.yaml's grid (docs/reproduction.md §8: 3 × 8 × 2 × 3 = 144 runs) planned on an empty dataset: one
+    training job per cell of the sweep, the data jobs once or once per correction, every report artefact once."""
+    from heatedasc.report.registry import REGISTRY
+
+    sweep = yaml.safe_load((REPO / "params.yaml").read_text())["sweep"]
     root = empty_tau_root(tmp_path / "tau")
     override = write_override(tmp_path / "root.yaml", {"data": {"root": str(root)}})
     proc = snakemake(tmp_path, "-n", "--quiet", "rules", configfiles=[override])
     counts = job_counts(proc.stdout + proc.stderr)
-    assert counts["train"] == 3 * 8 * 2 * 3 == 144
-    assert counts["prepare"] == 1
-    assert counts["mean_spectra"] == 1
-    assert counts["coefficients"] == 3
-    assert counts["feature_stats"] == 3
-    assert counts["features"] == 3 * 2
-    report_rules = ("tables", "fig3", "fig2", "calibration", "confusion", "significance", "report_html")
-    for rule in report_rules + ("coefficient_plot", "all"):
-        assert counts[rule] == 1, rule
+    n_corrections = len(sweep["correction"])
+    assert counts.pop("train") == n_corrections * len(sweep["temperature"]) * len(sweep["loss"]) * len(sweep["seed"])
+    assert counts.pop("features") == n_corrections * 2  # the training and the test split
+    for rule in ("coefficients", "feature_stats"):
+        assert counts.pop(rule) == n_corrections, rule
+    total = counts.pop("total")
     assert "synthesize" not in counts  # the paper config reads a real copy
-    assert counts["total"] == 144 + 1 + 1 + 3 + 3 + 6 + len(report_rules) + 1 + 1
+    assert counts == dict.fromkeys(["prepare", "mean_spectra", "coefficient_plot", "all", *(a.name for a in REGISTRY)], 1)
+    assert total == sum(job_counts(proc.stdout + proc.stderr).values()) - total
 
 
 def test_trimmed_grid_plans_only_its_runs(tmp_path):
@@ -125,7 +128,10 @@ def test_tiny_end_to_end_run_produces_every_contract_file(tmp_path):
 
     # The compact terminal log: a summary line, then one line per job, no reasons, no job chatter.
     out = (proc.stdout + proc.stderr).splitlines()
-    total = 1 + 1 + 1 + 3 + 1 + 3 + 6 + 6 + 7 + 1  # synth, prepare, spectra, coef, plot, stats, features, train, report, all
+    from heatedasc.report.registry import REGISTRY
+
+    # synth, prepare, spectra, coef, plot, stats, features, train, one job per report artefact, all
+    total = 1 + 1 + 1 + 3 + 1 + 3 + 6 + 6 + len(REGISTRY) + 1
     job_lines = [l for l in out if re.match(rf"^\[\d\d:\d\d:\d\d\] \[\d+/{total} done\] \S+", l)]
     assert any(l.startswith(f"{total} job(s) to run: all 1, calibration 1,") for l in out), out[:3]
     assert len(job_lines) == total and sum("] train " in l for l in job_lines) == 6
@@ -151,10 +157,8 @@ def test_tiny_end_to_end_run_produces_every_contract_file(tmp_path):
             assert prov["wildcards"] == {"correction": c, "temperature": "1", "loss": loss, "seed": "0"}
             assert all(len(h) == 32 for d in prov["inputs"].values() for h in d.values())  # MD5, as DVC
 
-    for name in ("tables/table2.csv", "tables/table2.md", "tables/table3.csv", "tables/table3.md",
-                 "figures/fig3.png", "figures/fig3.csv", "figures/fig2.png", "metrics.json",
-                 "coefficients/coefficients.png"):
-        assert (results / name).stat().st_size > 0, name
+    for key, path in REGISTRY.paths(results).items():  # every artefact, its record, and the figures it shows
+        assert Path(path).stat().st_size > 0, key
     table2 = pd.read_csv(results / "tables" / "table2.csv")
     assert len(table2) == 3
     manifest = pd.read_csv(results / "prepared" / "manifest.csv")
@@ -191,153 +195,6 @@ def test_bad_meta_row_stops_at_prepare_and_leaves_nothing(tmp_path):
     assert victim in out
     assert not (tmp_path / "results" / "prepared").exists() or not any((tmp_path / "results" / "prepared").iterdir())
     assert not (tmp_path / "results" / "runs").exists()
-
-
-@pytest.mark.workflow
-def test_lineage_audit_reports_exactly_what_went_stale(tmp_path):
-    from heatedasc import lineage
-
-    cfg = json.loads(json.dumps(TINY))
-    cfg["data"]["root"] = str(tmp_path / "data" / "synthetic")
-    cfg["sweep"] = {"correction": ["ref_abc", "none"], "temperature": [1], "loss": ["focal"], "seed": [0]}
-    override = write_override(tmp_path / "tiny.yaml", cfg)
-    snakemake(tmp_path, "--cores", "2", configfiles=[override])
-    configs = [str(REPO / "params.yaml"), str(override)]
-
-    def audit(target, config_files=configs):
-        decisions = lineage.plan(config_files, base=tmp_path)
-        return lineage.audit(tmp_path / target, results_dir=tmp_path / "results", base=tmp_path, decisions=decisions,
-                             data_root=cfg["data"]["root"])
-
-    root = audit("results/tables/table3.csv")
-    assert not root.stale and lineage.stale_records(root) == []
-    tree = lineage.to_dict(root)
-    stages = sorted(j["stage"] for j in tree["jobs"])
-    assert stages == sorted(["tables", "train", "train", "features", "features", "features", "features",
-                             "feature_stats", "feature_stats", "coefficients", "coefficients", "mean_spectra", "prepare",
-                             "synthesize"])
-    prepare = next(j for j in tree["jobs"] if j["stage"] == "prepare")
-    raw = [l for l in prepare["links"] if l["key"] == "audio" and l["role"] == "input"]
-    assert raw and all(len(l["digest"]) == 32 for l in raw)
-    assert "workflow/scripts/prepare.py" in prepare["code"] and "heatedasc/prepare.py" in prepare["code"]
-    assert prepare["packages"]["torch"] == "2.11.0"
-    train_job = next(j for j in tree["jobs"] if j["stage"] == "train")
-    assert train_job["params"]["train"]["epochs"] == 1 and "execution" not in train_job["params"]
-    text = lineage.render(root)
-    assert "[ok] tables" in text and "prepare" in text
-
-    # One param changed: exactly the training jobs go stale themselves (the table through them), by key.
-    changed = json.loads(json.dumps(cfg))
-    changed["train"]["epochs"] = 2
-    root = audit("results/tables/table3.csv", [str(REPO / "params.yaml"), str(write_override(tmp_path / "c.yaml", changed))])
-    stale = lineage.stale_records(root)
-    assert sorted(Path(s).parts[-5] for s in stale) == ["none", "ref_abc"]  # runs/<c>/T1/focal/seed0/provenance.json
-    assert all(s.endswith("seed0/provenance.json") for s in stale)
-    assert root.stale
-    train = next(j for j in lineage.to_dict(root)["jobs"] if j["stage"] == "train")
-    assert train["changes"] == ["params.train.epochs: 1 -> 2"]
-
-    # One raw wav changed: named by file, at the generator (which owns it) and at prepare (which read it).
-    wav = sorted((tmp_path / "data" / "synthetic" / "audio").glob("*.wav"))[0]
-    data = bytearray(wav.read_bytes())
-    data[-1] ^= 0xFF
-    wav.write_bytes(bytes(data))
-    root = audit("results/runs/none/T1/focal/seed0/metrics.json")
-    jobs = {j["stage"]: j for j in lineage.to_dict(root)["jobs"]}
-    assert jobs["prepare"]["changes"] == [f"raw audio audio/{wav.name} changed"]
-    # records name paths relative to the working directory (portable): here the absolute data root lies inside it
-    assert [l["path"] for l in jobs["synthesize"]["links"] if l["status"] == "changed"] == ["data/synthetic/audio"]
-    assert sorted(Path(s).parent.name for s in lineage.stale_records(root)) == ["prepared", "synthetic"]
-    out = subprocess.run([sys.executable, "-m", "heatedasc.cli", "lineage", "results/tables/table2.csv",
-                          "--configfile", str(override)], cwd=tmp_path, capture_output=True, text=True,
-                         env={**venv_env(), "PYTHONPATH": str(REPO / "src")})
-    assert out.returncode == 3, out.stderr  # 3: checked, found stale
-    assert "STALE" in out.stdout and f"✗ raw audio audio/{wav.name} changed" in out.stdout
-
-
-@pytest.mark.workflow
-def test_a_changed_module_reruns_exactly_the_jobs_whose_code_imports_it(tmp_path):
-    """In a scratch copy of the package, modules get an edit (three alone, then all at once); for each, `snakemake -n`
-    and the lineage audit must mark exactly the jobs whose adapter script imports it (directly or not). The expected
-    set comes from the standard library's ModuleFinder, not from the workflow's own import reader."""
-    import modulefinder
-    import shutil
-
-    from heatedasc import lineage
-    from heatedasc.codedeps import NOT_CODE
-
-    copy = tmp_path / "copy"
-    for part in ("src", "workflow", "profiles", "Snakefile", "params.yaml"):
-        src = REPO / part
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, copy / part)
-    env = {**venv_env(), "PYTHONPATH": str(copy / "src")}
-    cfg = json.loads(json.dumps(TINY))
-    cfg["data"]["root"] = "data/synthetic"
-    cfg["sweep"] = {"correction": ["ref_abc"], "temperature": [1], "loss": ["focal"], "seed": [0]}
-    override = write_override(tmp_path / "tiny.yaml", cfg)
-    work = tmp_path / "work"
-    base_cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(copy / "Snakefile"), "--directory", str(work),
-                "--configfile", str(copy / "params.yaml"), str(override)]
-    subprocess.run(base_cmd + ["--cores", "2"], check=True, env=env, capture_output=True, timeout=900)
-
-    # Which modules each rule's script runs, by ModuleFinder over the copy.
-    scripts = {"synthesize": "synthesize", "prepare": "prepare", "mean_spectra": "mean_spectra",
-               "coefficients": "coefficients", "coefficient_plot": "coefficient_plot", "feature_stats": "feature_stats",
-               "features": "features", "train": "train"}
-    from heatedasc.report.registry import REGISTRY
-
-    scripts.update({a.name: "report_artefact" for a in REGISTRY})
-    runs = {}
-    for script in set(scripts.values()):
-        finder = modulefinder.ModuleFinder(path=[str(copy / "src")], excludes=["torch", "numpy", "pandas", "scipy",
-                                           "matplotlib", "seaborn", "soundfile", "torchaudio", "jinja2", "yaml",
-                                           "tqdm", "markupsafe", "jsonschema"])
-        finder.run_script(str(copy / "workflow" / "scripts" / f"{script}.py"))
-        runs[script] = {m.split(".")[1] for m in finder.modules if m.startswith("heatedasc.")}
-    not_code = set(NOT_CODE)  # the job's log, its record and the workflow's checks: they describe results, not make them
-
-    modules = sorted({p.stem for p in (copy / "src" / "heatedasc").glob("*.py") if p.stem != "__init__"} | {"report"})
-    targets = {m: copy / "src" / "heatedasc" / (f"{m}/__init__.py" if m == "report" else f"{m}.py") for m in modules}
-    originals = {m: t.read_text() for m, t in targets.items()}
-    reason = {m: f"code heatedasc/{t.relative_to(copy / 'src' / 'heatedasc').as_posix()} changed" for m, t in targets.items()}
-    expected = {m: {rule for rule, script in scripts.items() if m in runs[script] - not_code} for m in modules}
-
-    def check(edited) -> int:
-        """Edit `edited`, plan and audit: per module, `snakemake -n` and lineage mark exactly its importers.
-        Returns how many of the edited modules are code of some job."""
-        for m in edited:
-            targets[m].write_text(originals[m] + "\n# an edit\n")
-        try:
-            decisions = lineage.plan([str(copy / "params.yaml"), str(override)], base=work, snakefile=copy / "Snakefile",
-                                     env=env)
-            decided = {}
-            for d in decisions.values():
-                decided.setdefault(d["rule"], set()).update(c for c in d["reasons"] if c.startswith("code "))
-            # nothing but the edited files is ever named
-            assert {c for reasons in decided.values() for c in reasons} <= {reason[m] for m in edited}, edited
-            root = lineage.audit(work / "results" / "report.html", results_dir=work / "results", base=work,
-                                 decisions=decisions, data_root="data/synthetic")
-            jobs = lineage.to_dict(root)["jobs"]
-            for m in edited:
-                marked = {rule for rule, reasons in decided.items() if reason[m] in reasons}
-                own = {n["stage"] for n in jobs if reason[m] in n["changes"]}
-                assert marked == expected[m], (m, marked, expected[m])
-                assert own == expected[m], (m, own, expected[m])
-            return sum(bool(expected[m]) for m in edited)
-        finally:
-            for m in edited:
-                targets[m].write_text(originals[m])
-
-    # One module at a time, for a leaf of the training code, a module deep under correction and features, and
-    # one that no job runs: exactly the expected jobs and nothing else.
-    assert expected["losses"] == {"train"} and not expected["compare"] and len(expected["dsp"]) > 3, expected
-    for module in ("losses", "dsp", "compare"):
-        check([module])
-
-    # Then every module edited at once (one plan instead of one per module: each plan costs seconds): each job
-    # names each changed file it imports, so per module the jobs naming it must be exactly its importers.
-    checked = check(modules)
-    assert checked >= 12  # most modules are code of some job
 
 
 @pytest.mark.workflow
