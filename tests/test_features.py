@@ -336,6 +336,15 @@ class _Recorder:
         monkeypatch.setattr(features_module, "read_wave", read_wave)
 
 
+def _killed_after(monkeypatch, shards: int, *args, **kwargs) -> _Recorder:
+    """build_feature_cache(*args, **kwargs) killed (KeyboardInterrupt) after `shards` shards were written."""
+    with monkeypatch.context() as m:
+        killed = _Recorder(m, fail_after=shards)
+        with pytest.raises(KeyboardInterrupt):
+            build_feature_cache(*args, **kwargs)
+    return killed
+
+
 @pytest.fixture
 def in_a_workflow_dir(tmp_path, monkeypatch):
     """Run from a workflow directory (one with Snakemake's .snakemake/), as every job does."""
@@ -352,10 +361,7 @@ def test_feature_cache_resumes_after_a_kill_and_recomputes_only_missing_shards(t
     out, csv = tmp_path / "c" / "train.npy", tmp_path / "c" / "train.csv"
     kw = dict(batch_size=2, shard_batches=1, progress=False)  # shards of 2 rows: 0-2, 2-4, ..., 8-10
 
-    with monkeypatch.context() as m:
-        killed = _Recorder(m, fail_after=2)
-        with pytest.raises(KeyboardInterrupt):
-            build_feature_cache(manifest, "train", audio, extractor, stats, out, csv, **kw)
+    killed = _killed_after(monkeypatch, 2, manifest, "train", audio, extractor, stats, out, csv, **kw)
     assert killed.shards == [(0, 2), (2, 4)]
     assert not out.exists() and not csv.exists()
     assert not [p for p in (tmp_path / "c").rglob("*") if p.is_file()]  # nothing where DVC tracks the output
@@ -383,10 +389,7 @@ def test_corrupt_shard_is_recomputed_and_stale_config_shards_are_not_reused(tmp_
                               tmp_path / "ref" / "train.csv", batch_size=2, progress=False)
     out, csv = tmp_path / "c" / "train.npy", tmp_path / "c" / "train.csv"
     kw = dict(batch_size=2, shard_batches=1, progress=False)
-    with monkeypatch.context() as m:
-        _Recorder(m, fail_after=4)
-        with pytest.raises(KeyboardInterrupt):
-            build_feature_cache(manifest, "train", audio, extractor, stats, out, csv, **kw)
+    _killed_after(monkeypatch, 4, manifest, "train", audio, extractor, stats, out, csv, **kw)
     (key_dir,) = parts_root(out).iterdir()
     shards = sorted(key_dir.glob("rows-*.npy"))
     assert len(shards) == 4
@@ -406,10 +409,7 @@ def test_corrupt_shard_is_recomputed_and_stale_config_shards_are_not_reused(tmp_
 
     # Shards left by a different configuration (other stats) are never used: everything is recomputed.
     out.unlink()
-    with monkeypatch.context() as m:
-        _Recorder(m, fail_after=3)
-        with pytest.raises(KeyboardInterrupt):
-            build_feature_cache(manifest, "train", audio, extractor, stats, out, csv, **kw)
+    _killed_after(monkeypatch, 3, manifest, "train", audio, extractor, stats, out, csv, **kw)
     other = dict(stats, mean=stats["mean"] + 0.5)
     with monkeypatch.context() as m:
         rerun = _Recorder(m)
@@ -430,10 +430,7 @@ def test_shards_of_other_audio_are_not_reused(tmp_path, monkeypatch, in_a_workfl
     manifest, audio, extractor, stats = _resume_fixture(tmp_path)
     out, csv = tmp_path / "c" / "train.npy", tmp_path / "c" / "train.csv"
     kw = dict(batch_size=2, shard_batches=1, progress=False)
-    with monkeypatch.context() as m:
-        _Recorder(m, fail_after=3)
-        with pytest.raises(KeyboardInterrupt):
-            build_feature_cache(manifest, "train", audio, extractor, stats, out, csv, **kw)
+    _killed_after(monkeypatch, 3, manifest, "train", audio, extractor, stats, out, csv, **kw)
     name = manifest["filename"].iloc[0].split("/")[1]
     wave, sr = sf.read(audio / name, dtype="float32")
     sf.write(audio / name, 0.5 * wave, sr, subtype="FLOAT")
