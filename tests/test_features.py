@@ -18,7 +18,7 @@ import heatedasc.features as features_module
 from heatedasc.dsp import mel_filterbank, stft_magnitude
 from heatedasc.feature_cache import cache_key, load_feature_cache, parts_root
 from heatedasc.feature_stats import RunningMeanStd, compute_feature_stats, load_stats, save_stats
-from heatedasc.features import SHARD_BATCHES, LogMelExtractor, build_feature_cache
+from heatedasc.features import SHARD_BATCHES, LogMelExtractor, build_feature_cache, iter_log_mel
 
 torch.set_num_threads(2)
 
@@ -490,7 +490,8 @@ def test_a_cache_refuses_bad_arguments_by_name_before_any_work(tmp_path):
         assert str(err.value) == message
         assert not out.parent.exists()
     info = build(m=manifest.iloc[:1])  # a single row is a cache too
-    assert info["shape"][0] == 1
+    assert info == {"split": "train", "n_files": 1, "shape": [1, 32, 4000 // 128 + 1], "dtype": "float16",
+                    "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "npy": str(out), "index_csv": str(index)}
 
 
 def test_a_cache_standardises_with_the_float64_stats_rounded_once(tmp_path):
@@ -566,3 +567,47 @@ def test_extractor_settings_name_everything_that_shapes_its_output():
                                                             "f_max", "log_offset", "remove_dc")},
                                     "devices": ["b", "a"]}
     assert extractor.device_indices(["a", "a", "b"]).dtype == torch.long
+
+
+def test_the_extractor_names_bad_coefficients_indices_and_shapes():
+    n_freqs = SMALL["n_fft"] // 2 + 1
+    with pytest.raises(ValueError, match=rf"^coefficients for device 'b' have shape \(5,\), expected \({n_freqs},\)$"):
+        LogMelExtractor(**SMALL, coefficients={"a": np.ones(n_freqs), "b": np.ones(5)})
+    with pytest.raises(ValueError, match="^coefficients for device 'a' contain non-finite values$"):
+        LogMelExtractor(**SMALL, coefficients={"a": np.r_[np.ones(n_freqs - 1), np.inf]})
+    none = LogMelExtractor(**SMALL, coefficients={"x": np.ones(n_freqs)})  # no asked device has coefficients
+    assert none.devices == () and tuple(none.filterbanks.shape) == (0, n_freqs, SMALL["n_mels"])
+    extractor = LogMelExtractor(**SMALL, devices=("a", "b"))
+    waves = torch.zeros(2, 4000)
+    with pytest.raises(ValueError, match=r"^2 waveforms but 3 device indices$"):
+        extractor(waves, torch.tensor([0, 1, 1]))
+    for bad in ([0, 2], [-1, 0]):
+        with pytest.raises(ValueError, match=r"^device_index out of range for devices \['a', 'b'\]$"):
+            extractor(waves, torch.tensor(bad))
+    with pytest.raises(ValueError, match=r"^expected waves of shape \[B, S\], got \(2, 1, 4000\)$"):
+        extractor(torch.zeros(2, 1, 4000), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="^batch_size must be >= 1, got 0$"):
+        next(iter_log_mel(pd.DataFrame({"filename": ["audio/x-a.wav"], "device": ["a"]}), ".", extractor,
+                          batch_size=0, progress=False, desc=""))
+
+
+def test_one_clip_alone_is_its_row_of_the_batch_in_float32_whatever_the_input_dtype():
+    rng = np.random.default_rng(11)
+    extractor = LogMelExtractor(**SMALL, coefficients={d: rng.uniform(0.5, 2, SMALL["n_fft"] // 2 + 1) for d in "abc"})
+    waves = rng.standard_normal((2, 4000))
+    batch = extractor(torch.from_numpy(waves).float(), torch.tensor([2, 1]))
+    assert batch.dtype == torch.float32 and batch.shape == (2, 32, 4000 // 128 + 1)
+    assert torch.equal(extractor(torch.from_numpy(waves), torch.tensor([2, 1])), batch)  # float64 in: same
+    one = extractor.clip_log_mel(torch.from_numpy(waves[1]), 1)  # no out: it makes its own
+    assert one.dtype == torch.float32 and torch.equal(one, batch[1])
+
+
+def test_a_cache_names_an_off_length_clip_in_any_shard(tmp_path, in_a_workflow_dir):
+    rng = np.random.default_rng(12)
+    manifest, audio = write_dataset(tmp_path, rng, [(f"bus-rome-{i}-0", "a", "train") for i in range(4)], 4000)
+    for i in (2, 3):  # the whole second shard is shorter: only the first clip's length tells
+        sf.write(audio / f"bus-rome-{i}-0-a.wav", np.zeros(3000, dtype=np.float32), SMALL["sample_rate"])
+    with pytest.raises(ValueError, match=r"bus-rome-2-0-a\.wav: 3000 samples, but other files have 4000"):
+        build_feature_cache(manifest, "train", audio, LogMelExtractor(**SMALL), {"mean": np.zeros(32),
+                            "std": np.ones(32)}, tmp_path / "t.npy", tmp_path / "t.csv", batch_size=2,
+                            shard_batches=1, progress=False)

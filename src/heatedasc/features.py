@@ -326,14 +326,18 @@ def build_feature_cache(
     writer = ShardedCacheWriter(out_npy, cache_key(rows, extractor, stats, n_samples, origin), len(rows), shape,
                                 shard_rows=batch_size * shard_batches)
     todo = writer.missing
-    with tqdm(total=len(rows), initial=len(rows) - sum(b - a for a, b in todo), desc=f"features {split}",
-              unit="clip", disable=not progress) as bar:
+    # pragma: no mutate start  (the progress bar: display only)
+    bar = tqdm(total=len(rows), initial=len(rows) - sum(b - a for a, b in todo), desc=f"features {split}",
+               unit="clip", disable=not progress)
+    # pragma: no mutate end
+    with bar:
         for start, stop in todo:
             feats16 = np.empty((stop - start, *shape), dtype=np.float16)
-            for offset, feats in iter_log_mel(rows.iloc[start:stop], audio_dir, extractor, batch_size=batch_size,
-                                              progress=False, desc="", expected_length=n_samples):
+            shard = iter_log_mel(rows.iloc[start:stop], audio_dir, extractor, batch_size=batch_size,
+                                 expected_length=n_samples, progress=False, desc="")
+            for offset, feats in shard:
                 feats16[offset : offset + len(feats)] = (feats - mean32) * inv_std32
-                bar.update(len(feats))
+                bar.update(len(feats))  # pragma: no mutate
             writer.write_shard(start, feats16)
             del feats16
 
