@@ -627,3 +627,45 @@ def test_html_report_renders_every_artefact_in_a_headless_browser(partial, tmp_p
     assert not config_shown  # the effective configuration is collapsed until asked for
     assert phone_overflow <= 0, f"the page is {phone_overflow} px wider than a 390 px screen"
     assert png_size(tmp_path / "report-phone.png")[0] == 390
+
+
+def test_calibration_table_from_the_runs_by_hand(partial):
+    """calibration_table and calibration_frame called here (not only through the module's rendered files): per
+    cell the per-seed ECE in %, mean ± sd (ddof=1) and n; the pooled ECE, accuracy and confidence of the
+    concatenated predictions; 'missing' and a lone run without predictions."""
+    from heatedasc.metrics import expected_calibration_error
+    from heatedasc.report.runs import discover_runs, load_runs
+
+    results, _, _ = partial
+    runs = load_runs(discover_runs(results.parent / "src"))
+    table = calibration.calibration_table(runs)
+    assert list(table.columns) == ["correction", "temperature", "loss", "ece_mean", "ece_sd", "n", "n_pooled_runs",
+                                   "ece_pooled", "accuracy_pooled", "confidence_pooled"]
+    assert [tuple(r) for r in table[["correction", "temperature", "loss"]].itertuples(index=False)] == sorted(
+        [("none", 1.0, "focal"), ("ref_abc", 1.0, "ce"), ("ref_abc", 1.0, "focal"), ("ref_abc", 10.0, "focal"),
+         ("ref_bc", 10.0, "ce")])
+    row = table[(table["correction"] == "ref_abc") & (table["temperature"] == 1) & (table["loss"] == "focal")].iloc[0]
+    assert (row["ece_mean"], row["ece_sd"], row["n"], row["n_pooled_runs"]) == pytest.approx((10.0, 5.0, 3, 3))
+    cell = runs[(runs["correction"] == "ref_abc") & (runs["temperature"] == 1) & (runs["loss"] == "focal")]
+    preds = [np.load(Path(d) / "predictions.npz") for d in cell["run_dir"]]
+    probs = np.concatenate([p["probs"] for p in preds])
+    labels = np.concatenate([p["labels"] for p in preds])
+    assert row["ece_pooled"] == pytest.approx(100 * expected_calibration_error(probs, labels), rel=1e-6)  # float32 probs
+    assert row["accuracy_pooled"] == pytest.approx(100 * np.mean(probs.argmax(1) == labels), rel=1e-12)
+    assert row["confidence_pooled"] == pytest.approx(100 * np.mean(probs.max(1)), rel=1e-6)
+    lone = table[(table["correction"] == "ref_bc")].iloc[0]
+    assert lone["n"] == 1 and lone["n_pooled_runs"] == 0 and math.isnan(lone["ece_sd"])
+    assert lone["ece_mean"] == pytest.approx(10.0) and math.isnan(lone["ece_pooled"])
+    assert math.isnan(lone["accuracy_pooled"]) and math.isnan(lone["confidence_pooled"])
+    frame = calibration.calibration_frame(table, corrections=["ref_abc", "none"], temperatures=[1, 10],
+                                          losses=["focal"], labels={"ref_abc": "Ref.ABC"})
+    assert list(frame.columns) == ["loss", "correction", "T=1", "T=10"]
+    by = {(r["loss"], r["correction"]): (r["T=1"], r["T=10"]) for _, r in frame.iterrows()}
+    assert by[("focal", "Ref.ABC")] == ("10.0 ± 5.0 (3)", f"{row_ece(table, 'ref_abc', 10, 'focal')} (3)")
+    assert by[("focal", "none")] == ("7.5 ± 3.5 (2)", "missing")
+    assert by[("ce", "ref_bc")] == ("missing", "10.0 (1)")
+
+
+def row_ece(table, correction, t, loss) -> str:
+    r = table[(table["correction"] == correction) & (table["temperature"] == t) & (table["loss"] == loss)].iloc[0]
+    return f"{r['ece_mean']:.1f} ± {r['ece_sd']:.1f}"
