@@ -669,3 +669,19 @@ def test_calibration_table_from_the_runs_by_hand(partial):
 def row_ece(table, correction, t, loss) -> str:
     r = table[(table["correction"] == correction) & (table["temperature"] == t) & (table["loss"] == loss)].iloc[0]
     return f"{r['ece_mean']:.1f} ± {r['ece_sd']:.1f}"
+
+
+def test_calibration_document_is_the_grid_with_its_title_and_units(partial):
+    from heatedasc.report.context import RenderContext
+    from heatedasc.report.runs import discover_runs, load_runs
+
+    results, cfg, _ = partial
+    runs = load_runs(discover_runs(results.parent / "src"))
+    table = calibration.calibration_table(runs)
+    doc = calibration.calibration_document(table, RenderContext(config=cfg, registry=REGISTRY, runs=runs))
+    assert doc.title == "Expected calibration error (%) of softmax(z/T) on the test set"
+    assert doc.frame.equals(calibration.calibration_frame(
+        table, corrections=cfg["sweep"]["correction"], temperatures=cfg["sweep"]["temperature"],
+        losses=cfg["sweep"]["loss"], labels={c: v["label"] for c, v in cfg["report"]["corrections"].items()}))
+    (note,) = doc.notes
+    assert note.startswith("ECE in %, 15 equal-width confidence bins: mean ± sd over seeds (number of seeds); ")
