@@ -657,6 +657,15 @@ def test_calibration_table_from_the_runs_by_hand(partial):
     assert lone["n"] == 1 and lone["n_pooled_runs"] == 0 and math.isnan(lone["ece_sd"])
     assert lone["ece_mean"] == pytest.approx(10.0) and math.isnan(lone["ece_pooled"])
     assert math.isnan(lone["accuracy_pooled"]) and math.isnan(lone["confidence_pooled"])
+    shuffled = calibration.calibration_table(runs.sample(frac=1.0, random_state=4))  # cells sorted whatever the order
+    pd.testing.assert_frame_equal(shuffled, table)
+    empty = calibration.calibration_table(runs.iloc[:0])
+    assert empty.empty and list(empty.columns) == list(table.columns)
+    rng = np.random.default_rng(2)
+    p5 = rng.dirichlet(np.ones(4), size=50)
+    l5 = rng.integers(0, 4, 50)
+    bins, ece = calibration.reliability(p5, l5, n_bins=5)
+    assert len(bins) == 5 and ece == pytest.approx(expected_calibration_error(p5, l5, n_bins=5))
     frame = calibration.calibration_frame(table, corrections=["ref_abc", "none"], temperatures=[1, 10],
                                           losses=["focal"], labels={"ref_abc": "Ref.ABC"})
     assert list(frame.columns) == ["loss", "correction", "T=1", "T=10"]
@@ -683,5 +692,7 @@ def test_calibration_document_is_the_grid_with_its_title_and_units(partial):
     assert doc.frame.equals(calibration.calibration_frame(
         table, corrections=cfg["sweep"]["correction"], temperatures=cfg["sweep"]["temperature"],
         losses=cfg["sweep"]["loss"], labels={c: v["label"] for c, v in cfg["report"]["corrections"].items()}))
-    (note,) = doc.notes
-    assert note.startswith("ECE in %, 15 equal-width confidence bins: mean ± sd over seeds (number of seeds); ")
+    assert doc.notes == (
+        "ECE in %, 15 equal-width confidence bins: mean ± sd over seeds (number of seeds); \"missing\" = no run of "
+        "that cell. The heated-up softmax is trained with p = softmax(z/T), so its probabilities are those at the "
+        "training temperature T. Pooled-over-seeds ECE, accuracy and confidence are in the CSV.",)
