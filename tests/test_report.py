@@ -696,3 +696,21 @@ def test_calibration_document_is_the_grid_with_its_title_and_units(partial):
         "ECE in %, 15 equal-width confidence bins: mean ± sd over seeds (number of seeds); \"missing\" = no run of "
         "that cell. The heated-up softmax is trained with p = softmax(z/T), so its probabilities are those at the "
         "training temperature T. Pooled-over-seeds ECE, accuracy and confidence are in the CSV.",)
+
+
+def test_a_run_without_ece_in_its_metrics_gets_it_from_its_predictions(tmp_path):
+    """Older metrics.json files lack `ece`: the calibration table computes it from predictions.npz (the same
+    definition, heatedasc.metrics), and a run with neither counts as no value."""
+    from heatedasc.metrics import expected_calibration_error
+    from heatedasc.report.runs import discover_runs, load_runs
+
+    for seed, extras in ((0, True), (1, False)):
+        run = write_run(tmp_path, "ref_abc", 1, "focal", seed, acc_a=0.7, acc_b=0.6, acc_c=0.7, extras=extras)
+        metrics = json.loads((run / "metrics.json").read_text())
+        del metrics["ece"]
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    table = calibration.calibration_table(load_runs(discover_runs(tmp_path)))
+    with np.load(tmp_path / "runs" / "ref_abc" / "T1" / "focal" / "seed0" / "predictions.npz") as z:
+        want = 100 * expected_calibration_error(z["probs"], z["labels"])
+    (row,) = table.itertuples(index=False)
+    assert row.n == 1 and row.ece_mean == pytest.approx(want, rel=1e-6) and row.n_pooled_runs == 1  # float32 probs
