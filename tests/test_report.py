@@ -673,6 +673,9 @@ def test_calibration_table_from_the_runs_by_hand(partial):
     assert by[("focal", "Ref.ABC")] == ("10.0 ± 5.0 (3)", f"{row_ece(table, 'ref_abc', 10, 'focal')} (3)")
     assert by[("focal", "none")] == ("7.5 ± 3.5 (2)", "missing")
     assert by[("ce", "ref_bc")] == ("missing", "10.0 (1)")
+    # a temperature that only the runs have (not configured) still gets its column
+    assert list(calibration.calibration_frame(table, corrections=["ref_abc"], temperatures=[1], losses=["focal"])
+                .columns) == ["loss", "correction", "T=1", "T=10"]
 
 
 def row_ece(table, correction, t, loss) -> str:
