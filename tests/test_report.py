@@ -717,3 +717,18 @@ def test_a_run_without_ece_in_its_metrics_gets_it_from_its_predictions(tmp_path)
         want = 100 * expected_calibration_error(z["probs"], z["labels"])
     (row,) = table.itertuples(index=False)
     assert row.n == 1 and row.ece_mean == pytest.approx(want, rel=1e-6) and row.n_pooled_runs == 1  # float32 probs
+
+
+@pytest.mark.parametrize("confidence, k", [(0.95, 3), (0.9, 0)])
+def test_significance_notes_state_the_level_the_family_and_the_bootstrap(confidence, k):
+    method, policy, cover = significance.significance_notes(confidence, k, ["holdout"])
+    level = f"{confidence * 100:g}%"
+    assert f"sd/√n at {level}," in method and f"with fewer than {significance.MIN_PAIRS} pairs" in method
+    assert (f"the same {significance.BOOTSTRAP_RESAMPLES} resamples, seed {significance.BOOTSTRAP_SEED}, for A, B"
+            in method)
+    assert f"judged at level 1 − (1 − {confidence:g})/k" in policy
+    assert f"at most {1 - confidence:.2g}. The {level} verdict" in policy
+    assert policy.endswith(f" Here k = {k}." if k else " Here no row has an interval (k = 0).")
+    assert "train.selection test" not in cover and cover.endswith("hardware or software versions.")
+    with_test = significance.significance_notes(confidence, k, ["holdout", "test"])[2]
+    assert with_test.startswith(cover) and "With train.selection test, each run's epoch" in with_test

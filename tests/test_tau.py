@@ -247,9 +247,11 @@ def test_tables_are_read_as_text_exactly(tmp_path):
     from heatedasc.tau import _read_table
 
     path = tmp_path / "t.csv"
-    path.write_text("filename\tidentifier\tsource_label\naudio/x.wav\tNA\t007\naudio/y.wav\t\tnull\n")
+    path.write_text("filename\tidentifier\tsource_label\tsegment\naudio/x.wav\tNA\t007\t010\n"
+                    "audio/y.wav\t\tnull\t2\n")
     df = _read_table(path, ("filename",))
     assert df["identifier"].tolist() == ["NA", ""] and df["source_label"].tolist() == ["007", "null"]
+    assert df["segment"].tolist() == ["010", "2"]  # a column of digits stays text too
     path.write_text("filename\tscene_label\n\"audio/x.wav\tbus\n")  # an unterminated quote
     with pytest.raises(DatasetError, match=rf"^{path}: cannot parse as a tab-separated table \("):
         _read_table(path, ("filename",))
