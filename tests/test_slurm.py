@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, venv_env
-from test_workflow import TINY
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 TOOL = REPO / "tools" / "local-slurm.sh"
@@ -36,10 +35,11 @@ def local_slurm():
         subprocess.run([str(TOOL), "stop"], timeout=60)
 
 
-def _config(tmp_path: Path, name: str) -> Path:
-    cfg = json.loads(json.dumps(TINY))
+def _config(tmp_path: Path, name: str, tiny_project: Path) -> Path:
+    """conftest.tiny_project's configuration (the same DAG, so its results are the local run to compare with), with
+    data.root inside `tmp_path` and the execution settings of a GPU cluster."""
+    cfg = yaml.safe_load((tiny_project / "tiny.yaml").read_text())
     cfg["data"]["root"] = str(tmp_path / "data" / "synthetic")
-    cfg["sweep"] = {"correction": ["ref_abc", "none"], "temperature": [1], "loss": ["focal"], "seed": [0]}
     # The train jobs get a fake GPU (gres File=/dev/fakegpu0), so SLURM sets SLURM_JOB_GPUS and
     # CUDA_VISIBLE_DEVICES in them on a machine without CUDA; `auto` would rightly stop such a job
     # (runtime.resolve_device), so this test names the CPU explicitly.
@@ -73,14 +73,15 @@ def _profile_cmd(workdir: Path, cfg: Path) -> list[str]:
     ]
 
 
-def test_profile_slurm_runs_the_sweep_survives_a_cancelled_train_job_and_matches_a_local_run(local_slurm, tmp_path):
+def test_profile_slurm_runs_the_sweep_survives_a_cancelled_train_job_and_matches_a_local_run(local_slurm, tiny_project,
+                                                                                             tmp_path):
     """One sweep through the real scheduler (kept to one because each pass costs minutes on 2 cores):
     a train job is cancelled in the queue, the failure is reported and --keep-going finishes the rest,
     the rerun resubmits only what is missing, every train job asked for a GPU, each run saw its SLURM
-    allocation, and the numbers equal those of the same DAG run locally."""
+    allocation, and the numbers equal those of the same DAG run locally (conftest.tiny_project)."""
     workdir = tmp_path / "slurm"
     workdir.mkdir()
-    cfg = _config(workdir, "cfg.yaml")
+    cfg = _config(workdir, "cfg.yaml", tiny_project)
     # The literal `--profile slurm`: Snakemake finds ./slurm/config.yaml from the repository root.
     proc = subprocess.Popen(_profile_cmd(workdir, cfg), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=venv_env())
@@ -144,35 +145,22 @@ def test_profile_slurm_runs_the_sweep_survives_a_cancelled_train_job_and_matches
         assert where["slurm"]["slurm_job_id"] in finished
         assert where["host"]["cuda_visible_devices"] == "0"
 
-    # The same DAG run locally gives the same numbers.
-    local_dir = tmp_path / "local"
-    local_dir.mkdir()
-    cfg_local = _config(local_dir, "cfg.yaml")
-    local = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--directory", str(local_dir),
-         "--configfile", str(REPO / "params.yaml"), str(cfg_local)],
-        cwd=REPO, capture_output=True, text=True, env=venv_env(), timeout=900,
-    )
-    assert local.returncode == 0, local.stderr[-8000:]
+    # The same DAG run locally (the session's tiny project, at another path) gives the same numbers.
     for c in ("ref_abc", "none"):
         a = json.loads((workdir / "results/runs" / c / "T1/focal/seed0/metrics.json").read_text())
-        b = json.loads((local_dir / "results/runs" / c / "T1/focal/seed0/metrics.json").read_text())
+        b = json.loads((tiny_project / "results/runs" / c / "T1/focal/seed0/metrics.json").read_text())
         for key in ("acc_a", "acc_b", "acc_c", "avg_bc", "best_epoch"):
             assert a[key] == pytest.approx(b[key], abs=1e-9), (c, key)
 
 
-def test_a_slurm_run_whose_controller_does_not_answer_stops_before_removing_anything(tmp_path):
+def test_a_slurm_run_whose_controller_does_not_answer_stops_before_removing_anything(tiny_project, tmp_path):
     """Snakemake removes a job's old outputs just before submitting it: with the controller down, a forced rerun
     would lose them and fail anyway. The run asks the controller first (heatedasc.sessions) and stops, naming it.
     No scheduler is needed here: `scontrol` is a stand-in that reports the controller down."""
     workdir = tmp_path / "work"
-    workdir.mkdir()
-    cfg = _config(workdir, "cfg.yaml")
+    shutil.copytree(tiny_project, workdir, symlinks=True)  # a finished local run
+    cfg = workdir / "tiny.yaml"
     target = "results/coefficients/coefficients.png"
-    local = subprocess.run([sys.executable, "-m", "snakemake", target, "--cores", "2", "--directory", str(workdir),
-                            "--configfile", str(REPO / "params.yaml"), str(cfg)],
-                           cwd=REPO, capture_output=True, text=True, env=venv_env(), timeout=900)
-    assert local.returncode == 0, local.stderr[-6000:]
     plot = workdir / target
     before = plot.read_bytes()
     fake = tmp_path / "bin"
