@@ -195,11 +195,11 @@ def significance_table(runs: pd.DataFrame, comparisons: list, *, confidence: flo
         seeds = [int(s) for s in res["seeds"].split()]
         sampling: dict[str, Any]
         sampling = test_set_sampling(cells["a"], cells["b"], name, seeds=seeds, resamples=resamples, seed=seed) \
-            if seeds else {"se_test": np.nan, "n_locations": 0, "n_resamples": 0, "missing": []}
+            if seeds else {"se_test": np.nan, "n_locations": 0, "n_resamples": 0}
         z_half = z_quantile(confidence) * sampling["se_test"]
         res.update(se_test=sampling["se_test"], n_locations=sampling["n_locations"],
                    n_resamples=sampling["n_resamples"], test_low=res["mean_diff"] - z_half,
-                   test_high=res["mean_diff"] + z_half, total_low=np.nan, total_high=np.nan)
+                   test_high=res["mean_diff"] + z_half)  # total_low/high: NaN (the frame's columns) unless set below
         if res["verdict"] not in (NOT_RESOLVABLE, NO_SPREAD):
             if isnan(sampling["se_test"]):
                 res.update(total_low=res["ci_low"], total_high=res["ci_high"])
@@ -216,10 +216,10 @@ def significance_table(runs: pd.DataFrame, comparisons: list, *, confidence: flo
                                         "mean_b", "mean_diff", "sd_diff", "t_crit", "ci_low", "ci_high", "se_test",
                                         "n_locations", "n_resamples", "test_low", "test_high", "total_low",
                                         "total_high", "verdict", "claim"])
-    return family_verdicts(table, runs, confidence=confidence)
+    return family_verdicts(table, confidence=confidence)
 
 
-def family_verdicts(table: pd.DataFrame, runs: pd.DataFrame, *, confidence: float) -> pd.DataFrame:
+def family_verdicts(table: pd.DataFrame, *, confidence: float) -> pd.DataFrame:
     """The multiple-comparison policy: the k comparisons that have an interval form one family; each is judged at
     the Bonferroni level 1 − (1 − confidence)/k (family-wise error ≤ 1 − confidence), its seed and test-set
     half-widths widened to that level."""
