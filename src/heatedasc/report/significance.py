@@ -193,9 +193,8 @@ def significance_table(runs: pd.DataFrame, comparisons: list, *, confidence: flo
             sides[key] = cells[key].set_index(cells[key]["seed"].astype(int))[metric].astype(float) * 100.0
         res = paired_difference(sides["a"], sides["b"], confidence=confidence)
         seeds = [int(s) for s in res["seeds"].split()]
-        sampling: dict[str, Any]
-        sampling = test_set_sampling(cells["a"], cells["b"], name, seeds=seeds, resamples=resamples, seed=seed) \
-            if seeds else {"se_test": np.nan, "n_locations": 0, "n_resamples": 0}
+        # no paired seeds: se_test NaN, 0 locations and resamples
+        sampling = test_set_sampling(cells["a"], cells["b"], name, seeds=seeds, resamples=resamples, seed=seed)
         z_half = z_quantile(confidence) * sampling["se_test"]
         res.update(se_test=sampling["se_test"], n_locations=sampling["n_locations"],
                    n_resamples=sampling["n_resamples"], test_low=res["mean_diff"] - z_half,
