@@ -90,8 +90,9 @@ def resume(state: TrainState, path: Path, key: str, out_dir: Path) -> None:
     of another run is ignored (the run starts over and overwrites it)."""
     if not path.is_file():
         return
-    # CPU first: generator states must stay CPU tensors; load_state_dict moves the rest
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    # CPU first: generator states must stay CPU tensors; load_state_dict moves the rest. The checkpoint holds only
+    # tensors and plain Python values (save_checkpoint), so torch's weights-only loader reads it: no pickled code runs.
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt.get("config_hash") != key:
         log.info("ignoring %s: it belongs to a different run configuration; starting over", path)
         return

@@ -218,12 +218,17 @@ def fit(spec: RunSpec, state: TrainState, runner: BatchRunner, data: DeviceData,
     from tqdm.auto import tqdm
 
     epochs = int(spec.cfg["epochs"])
-    bar = tqdm(range(state.epoch, epochs), initial=state.epoch, total=epochs, disable=not progress,
-               desc=f"train {spec.out_dir.name}", leave=False)
+    todo = range(state.epoch, epochs)
+    # pragma: no mutate start  (the progress bar: display only; the epochs run are `todo`'s)
+    bar = tqdm(todo, initial=state.epoch, total=epochs, disable=not progress, desc=f"train {spec.out_dir.name}",
+               leave=False)
+    # pragma: no mutate end
     for _ in bar:
         row = run_epoch(spec, state, runner, data)
+        # pragma: no mutate start  (the progress bar: display only)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{row['val_' + spec.cfg['monitor']]:.3f}",
                         lr=f"{row['lr']:.2g}")
+        # pragma: no mutate end
         save_checkpoint(state, checkpoint, spec.run_hash)
         if stop_after_epoch is not None and state.epoch == stop_after_epoch and state.epoch < epochs:
             bar.close()

@@ -91,12 +91,13 @@ def _probe_model(model_cfg: dict, n_classes: int, train: FeatureCache) -> ASCNet
         probe = ASCNet(n_classes=n_classes, **model_cfg)
     except TypeError as exc:
         raise ValueError(f"model: unexpected key in model config ({exc})") from exc
+    too_small = f"{train.npy_path}: clips of {train.clip_shape} are too small for the model's conv blocks"
     try:
-        block_output_shapes(probe, (1,) + train.clip_shape)
+        shapes = block_output_shapes(probe, (1,) + train.clip_shape)
     except RuntimeError as exc:
-        raise ValueError(
-            f"{train.npy_path}: clips of {train.clip_shape} are too small for the model's conv blocks"
-        ) from exc
+        raise ValueError(too_small) from exc
+    if any(0 in shape for shape in shapes):  # the meta device gives an empty output where a real conv refuses
+        raise ValueError(too_small)
     return probe
 
 
