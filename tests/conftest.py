@@ -56,6 +56,17 @@ def copy_working_tree(dst: Path) -> None:
             shutil.copy2(src, dst / rel)
 
 
+def tiny_project_config() -> dict:
+    """The override conftest.tiny_project runs with: tests/test_workflow.py's TINY with two corrections, T = 1, focal,
+    one seed, its data inside the working directory."""
+    from test_workflow import TINY
+
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"]["root"] = "data/synthetic"  # inside the working directory: relative, so copies are portable
+    cfg["sweep"] = {"correction": ["ref_abc", "none"], "temperature": [1], "loss": ["focal"], "seed": [0]}
+    return cfg
+
+
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Path:
     """A finished tiny project (tests/test_workflow.py's TINY with two corrections, T = 1, focal, one seed): its
@@ -65,7 +76,6 @@ def tiny_project(tmp_path_factory) -> Path:
     import shutil
 
     import yaml
-    from test_workflow import TINY
 
     # the folder all workers of this session share (pytest-of-USER/pytest-N; popen-gwK below it is a worker's)
     worker = os.environ.get("PYTEST_XDIST_WORKER")
@@ -76,10 +86,7 @@ def tiny_project(tmp_path_factory) -> Path:
         if not done.is_file():
             shutil.rmtree(work.parent, ignore_errors=True)  # what a failed attempt left
             work.mkdir(parents=True)
-            cfg = json.loads(json.dumps(TINY))
-            cfg["data"]["root"] = "data/synthetic"  # inside the working directory: relative, so copies are portable
-            cfg["sweep"] = {"correction": ["ref_abc", "none"], "temperature": [1], "loss": ["focal"], "seed": [0]}
-            (work / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+            (work / "tiny.yaml").write_text(yaml.safe_dump(tiny_project_config()))
             subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(REPO / "Snakefile"),
                             "--directory", str(work), "--configfile", str(REPO / "params.yaml"),
                             str(work / "tiny.yaml")],
