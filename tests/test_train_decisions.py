@@ -835,7 +835,9 @@ def test_batch_runner_mixes_in_the_batchs_dtype(monkeypatch):
     assert seen == [(torch.float32, torch.float32), (torch.float16, torch.float16)]
 
 
-def test_batch_runner_compiles_both_steps_and_names_a_compile_failure(monkeypatch):
+def test_batch_runner_wraps_both_steps_when_a_mode_is_set_and_names_the_failure_of_one(monkeypatch):
+    """torch.compile is stubbed here, so this runs under mutation testing too (whose selection leaves out the tests
+    named after compiling: mutmut's trampolines cannot be traced)."""
     import torch._dynamo.exc
 
     compiled, marks = [], []
