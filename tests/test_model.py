@@ -19,6 +19,30 @@ def test_block_output_shapes_paper_size():
     assert block_output_shapes(model, (1, 256, 862)) == PAPER_SHAPES
 
 
+def test_block_output_shapes_refuse_exactly_the_inputs_a_real_forward_refuses():
+    # the meta device returns a 0-sized side where a real convolution raises; the planner relies on the same answer
+    model = ASCNet().eval()
+    refused = []
+    for height in range(1, 25):
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 1, height, 24))
+            real_ok = True
+        except RuntimeError:
+            real_ok = False
+        try:
+            shapes = block_output_shapes(model, (height, 24))
+        except RuntimeError:
+            assert not real_ok, height
+            refused.append(height)
+        else:
+            assert real_ok, height
+            assert all(0 not in shape for shape in shapes)
+    assert refused == list(range(1, 21))  # 20 rows leave block 5 nothing (18, 8, 6, 2, 0); 21 leave it one row
+    with pytest.raises(RuntimeError, match=r"^block 2: its input \(16, 2, 38\) gives an empty output \(32, 0, 18\)$"):
+        block_output_shapes(model, (4, 40))
+
+
 def test_real_forward_matches_listed_shapes_and_embedding():
     torch.manual_seed(0)
     model = ASCNet().eval()

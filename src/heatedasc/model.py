@@ -95,19 +95,25 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def block_output_shapes(model: ASCNet, input_shape: Sequence[int]) -> list[tuple[int, ...]]:
-    """Per-block output shapes (C, H, W) for an input of shape (1, M, T) or (M, T), computed on the meta device."""
+    """Per-block output shapes (C, H, W) for an input of shape (1, M, T) or (M, T), computed on the meta device.
+
+    An input too small for a block is a RuntimeError, as in the real model: the meta device returns an empty
+    output (a 0-sized side) where a real convolution refuses, so that case is raised here too."""
     shape = tuple(input_shape)
     if len(shape) == 2:
         shape = (1,) + shape
     x = torch.empty((1,) + shape, device="meta")
     shapes = []
-    for block in model.blocks:
+    for number, block in enumerate(model.blocks, start=1):
         assert isinstance(block, nn.Sequential)
         conv = block[0]
         assert isinstance(conv, nn.Conv2d)
+        block_input = tuple(x.shape[1:])
         # conv on meta tensors with the real kernel's shape; no compute, no memory
         x = nn.functional.conv2d(
             x, torch.empty(conv.weight.shape, device="meta"), stride=conv.stride, padding=conv.padding
         )
+        if 0 in x.shape:
+            raise RuntimeError(f"block {number}: its input {block_input} gives an empty output {tuple(x.shape[1:])}")
         shapes.append(tuple(x.shape[1:]))
     return shapes
