@@ -49,6 +49,33 @@ def test_the_checker_sees_function_level_imports_and_names_the_circle(tmp_path):
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
 
 
+def test_the_statement_walk_finds_every_import_a_full_walk_finds():
+    """codedeps visits statements only (imports are statements); a full ast.walk of every file of the project, and of
+    imports nested in every kind of block, finds the same ones."""
+    from heatedasc.codedeps import _statements
+
+    nested = (
+        "import heatedasc.a\n"
+        "class C:\n    import heatedasc.b\n    def m(self):\n        from heatedasc import c\n"
+        "async def f():\n    async with x:\n        from heatedasc.d import y\n    async for i in z:\n"
+        "        import heatedasc.e\n"
+        "try:\n    pass\nexcept E:\n    import heatedasc.f\nelse:\n    import heatedasc.g\n"
+        "finally:\n    import heatedasc.h\n"
+        "try:\n    pass\nexcept* E:\n    import heatedasc.i\n"
+        "match v:\n    case 1:\n        import heatedasc.j\n    case _:\n        if q:\n            pass\n"
+        "        elif w:\n            from . import k\n        else:\n            while u:\n"
+        "                for t in s:\n                    with m:\n                        import heatedasc.l\n"
+    )
+    sources = [nested] + [f.read_text() for top in ("src", "tests", "workflow", "benchmarks", "tools")
+                          for f in sorted((REPO / top).rglob("*.py"))]
+    for source in sources:
+        tree = ast.parse(source)
+        every = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        found = [n for n in _statements(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert sorted(map(ast.dump, found)) == sorted(map(ast.dump, every))
+    assert len([n for n in _statements(ast.parse(nested)) if isinstance(n, (ast.Import, ast.ImportFrom))]) == 12
+
+
 def subpackage_graph(package: str, sub: Path | None = None) -> dict[str, set[str]]:
     """module -> the modules of heatedasc.<package> (the folder `sub`, by default the package's own) it imports
     anywhere (module level, functions, TYPE_CHECKING)."""

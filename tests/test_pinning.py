@@ -115,7 +115,7 @@ def test_the_record_of_a_pinned_job_is_what_currency_expects_from_the_config(mon
 @pytest.mark.skipif(not AVX2, reason="needs an x86-64 CPU with AVX2")
 def test_a_fresh_process_with_the_pinned_environment_runs_avx2_kernels_everywhere():
     """What each library reports, read back in a new process that got the environment before loading them."""
-    code = ("import json; from heatedasc import pinning; "
+    code = ("import json, torch; from heatedasc import pinning; "
             "r = pinning.apply({'kernels': 'avx2', 'threads': 2}); print(json.dumps(r))")
     env = {**venv_env(), **pinning.environment({"kernels": "avx2", "threads": 2}),
            "PYTHONPATH": str(REPO / "src")}
@@ -129,3 +129,32 @@ def test_a_fresh_process_with_the_pinned_environment_runs_avx2_kernels_everywher
     bare = {k: v for k, v in env.items() if k not in pinning.KERNELS["avx2"]}
     proc = subprocess.run([sys.executable, "-c", code], env=bare, capture_output=True, text=True)
     assert proc.returncode != 0 and "PinningError: ATEN_CPU_CAPABILITY is None" in proc.stderr
+
+
+def run_job_code(code: str, **env_changes: str) -> subprocess.CompletedProcess:
+    env = {**venv_env(), **pinning.environment({"kernels": "avx2", "threads": 2}), "PYTHONPATH": str(REPO / "src"),
+           **env_changes}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.skipif(not AVX2, reason="needs an x86-64 CPU with AVX2")
+def test_a_job_without_torch_is_checked_without_loading_it_and_torch_loaded_later_is_checked_before_the_record():
+    """A job that never imports torch (the report's) does not load it to check it; one that loads it after apply()
+    gets the pinned thread count from the environment, and record() checks torch before any record is written."""
+    apply = "import json, sys; from heatedasc import pinning; r = pinning.apply({'kernels': 'avx2', 'threads': 2}); "
+    proc = run_job_code(apply + "print(json.dumps([r['in_effect'], 'torch' in sys.modules]))", OMP_NUM_THREADS="5")
+    found, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not loaded and found["torch"] == "not loaded" and found["numpy"] == "X86_V3"
+    assert "torch_threads" not in found and found["openblas_threads"] == 2
+
+    # torch loaded during the job (Snakemake had set OMP_NUM_THREADS to the job's 5 threads): pinned all the same
+    later = apply + "import torch; torch.ones(3) + 1; print(json.dumps(pinning.record()[1]['in_effect']))"
+    proc = run_job_code(later, OMP_NUM_THREADS="5")
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["torch"] == "AVX2" and found["onednn"] == "Intel AVX2" and found["torch_threads"] == 2
+
+    # torch loaded later and running another thread count than the pin: the record is refused, naming it
+    proc = run_job_code(apply + "import torch; torch.set_num_threads(3); pinning.record()")
+    assert proc.returncode != 0
+    assert ("PinningError: cpu.kernels avx2 (torch, loaded during the job): torch_threads is 3, expected cpu.threads "
+            "= 2") in proc.stderr

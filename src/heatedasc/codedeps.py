@@ -12,6 +12,7 @@ import ast
 import hashlib
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 PACKAGE = "heatedasc"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -23,8 +24,30 @@ NOT_CODE = frozenset({"logutil", "provenance", "hashing", "job", "currency", "co
 
 def package_imports(source: str, modules: set[str], package: str = PACKAGE) -> set[str]:
     """Modules of ``package`` that ``source`` imports anywhere: at module level, in functions, in branches."""
+    return set(_imported_names(source, package) & modules)
+
+
+def _statements(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every statement of a parsed file, however deeply nested (function and class bodies, branches, handlers,
+    match cases). An import is a statement, so this finds every import `ast.walk` would, without visiting the
+    expressions that make up most of a file's nodes."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for field in node._fields:
+            value = getattr(node, field, None)
+            if isinstance(value, list):
+                todo.extend(v for v in value if isinstance(v, (ast.stmt, ast.excepthandler, ast.match_case)))
+
+
+@lru_cache(maxsize=512)
+def _imported_names(source: str, package: str) -> frozenset[str]:
+    """The names ``source`` imports from ``package``: `import package.x` and `from package.x import ...` give x,
+    `from package import x, y` gives x and y (package_imports keeps those that are modules). Memoised on the text
+    itself: one process (the Snakemake planner) asks for the same files once per workflow script."""
     found = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in _statements(ast.parse(source)):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
@@ -39,8 +62,8 @@ def package_imports(source: str, modules: set[str], package: str = PACKAGE) -> s
             if len(parts) > 1:
                 found.add(parts[1])
             else:  # from heatedasc import x, y
-                found |= {alias.name for alias in node.names if alias.name in modules}
-    return found & modules
+                found |= {alias.name for alias in node.names}
+    return frozenset(found)
 
 
 def package_modules(package_dir: Path) -> dict[str, Path]:

@@ -14,9 +14,12 @@ Two steps, because the switches are environment variables that a library reads o
 1. ``environment(cfg)`` — the variables to set before numpy or torch load. The Snakefile puts them into its own
    environment at parse time; every job (a fresh Python process, or a SLURM job) inherits them.
 2. ``apply(cfg)`` — at the start of every job (heatedasc.job.run_job, the one place every job goes through):
-   sets the thread counts, then checks what each library actually runs (a mismatch is a PinningError naming the
-   variable) and keeps the settings for the job's provenance (record(): heatedasc.job writes the pinned
-   settings into the stable record, what the libraries reported into the volatile one).
+   sets the thread counts, then checks what each loaded library actually runs (a mismatch is a PinningError
+   naming the variable) and keeps the settings for the job's provenance (record(): heatedasc.job writes the
+   pinned settings into the stable record, what the libraries reported into the volatile one). torch is checked
+   only where the job loads it: a job that never imports it (the report's) is not made to pay its 1.5 s import;
+   one that imports it later (prepare, to resample) gets the pinned thread count from the environment, and
+   record() checks torch, oneDNN and MKL before any record is written.
 
 The variables, each checked against its library's documentation and measured (benchmarks/cpu_kernels.py,
 benchmarks/cpu_spread.py):
@@ -176,9 +179,38 @@ def _numpy_side() -> dict:
     return out
 
 
+# What torch loads and reports: a job that never imports torch runs none of them, so they are checked only once
+# torch is loaded (at apply(), or at record() when the job imported it later).
+TORCH_SIDE = ("torch", "onednn", "mkl", "torch_threads", "mkl_threads")
+NUMPY_SIDE = ("numpy", "openblas", "openblas_threads")
+
+
 def in_effect() -> dict:
-    """The kernels and thread counts each library runs in this process, as the libraries report them."""
-    return {**_numpy_side(), **_torch_side()}
+    """The kernels and thread counts each library loaded in this process runs, as the libraries report them
+    (numpy's always; torch's, oneDNN's and MKL's once torch is loaded, else "not loaded")."""
+    torch_side = _torch_side() if "torch" in sys.modules else {"torch": "not loaded"}
+    return {**_numpy_side(), **torch_side}
+
+
+def _problems(cfg: dict, found: dict, libs: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """What in `found` breaks the pin of `cfg`, among `libs` (kernels and thread counts); and the notes."""
+    problems, notes = [], []
+    threads = cfg["threads"]
+    for lib, value in EXPECTED[cfg["kernels"]].items():
+        if lib not in libs or found.get(lib) == value:
+            continue
+        if lib == "mkl" and found.get(lib) == "CNR:AUTO":
+            notes.append(
+                f"MKL runs CNR:AUTO although MKL_CBWR={os.environ.get('MKL_CBWR')}: MKL honours only AUTO and "
+                "COMPATIBLE on non-Intel CPUs, so torch's CPU FFT, GEMM and sqrt/log/exp (MKL) round differently "
+                "here than on Intel CPUs; the pipeline's CPU stages and CPU training do not use them"
+            )
+            continue
+        problems.append(f"{lib} runs {found.get(lib)!r}, expected {value!r} (set by {VARIABLE[lib]})")
+    for key in ("torch_threads", "mkl_threads", "openblas_threads"):
+        if key in libs and found.get(key) not in (None, threads):
+            problems.append(f"{key} is {found.get(key)}, expected cpu.threads = {threads}")
+    return problems, notes
 
 
 def apply(cpu_cfg: Mapping | None) -> dict:
@@ -200,10 +232,12 @@ def apply(cpu_cfg: Mapping | None) -> dict:
                 f"needs {value!r}: the variable must be set before numpy and torch load (the Snakefile sets it from "
                 "heatedasc.pinning.environment; run jobs through the workflow)"
             )
-    import torch
-
     threads = cfg["threads"]
-    torch.set_num_threads(threads)  # also MKL's and OpenMP's count
+    # A library loaded later in this job reads its thread count from the environment when it loads: the pinned one.
+    os.environ.update({var: str(threads) for var in THREAD_VARIABLES})
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)  # also MKL's and OpenMP's count
     try:
         from threadpoolctl import threadpool_limits
 
@@ -211,21 +245,8 @@ def apply(cpu_cfg: Mapping | None) -> dict:
     except ImportError:
         pass
     found = in_effect()
-    problems, notes = [], []
-    for lib, value in EXPECTED[cfg["kernels"]].items():
-        if found.get(lib) == value:
-            continue
-        if lib == "mkl" and found.get(lib) == "CNR:AUTO":
-            notes.append(
-                f"MKL runs CNR:AUTO although MKL_CBWR={os.environ.get('MKL_CBWR')}: MKL honours only AUTO and "
-                "COMPATIBLE on non-Intel CPUs, so torch's CPU FFT, GEMM and sqrt/log/exp (MKL) round differently "
-                "here than on Intel CPUs; the pipeline's CPU stages and CPU training do not use them"
-            )
-            continue
-        problems.append(f"{lib} runs {found.get(lib)!r}, expected {value!r} (set by {VARIABLE[lib]})")
-    for key in ("torch_threads", "mkl_threads", "openblas_threads"):
-        if found.get(key) not in (None, threads):
-            problems.append(f"{key} is {found.get(key)}, expected cpu.threads = {threads}")
+    libs = NUMPY_SIDE + (TORCH_SIDE if torch is not None else ())
+    problems, notes = _problems(cfg, found, libs)
     if problems:
         raise PinningError(f"cpu.kernels {cfg['kernels']}: " + "; ".join(problems))
     for note in notes:
@@ -257,5 +278,17 @@ def record() -> tuple[dict, dict]:
     if not _APPLIED:
         raise RuntimeError("heatedasc.pinning.apply was not called in this job")
     applied = _APPLIED[0]
+    if "torch" in sys.modules and applied["in_effect"].get("torch") == "not loaded":
+        # torch was loaded during the job, after apply(), with the pinned environment: checked now, before any
+        # record is written, so a job whose torch ran other kernels or threads records nothing
+        found = _torch_side()
+        problems, notes = _problems(applied, found, TORCH_SIDE)
+        if problems:
+            raise PinningError(f"cpu.kernels {applied['kernels']} (torch, loaded during the job): "
+                               + "; ".join(problems))
+        for note in notes:
+            log.warning("%s", note)
+        applied["in_effect"].update(found)
+        applied["notes"].extend(notes)
     stable = {"kernels": applied["kernels"], "threads": applied["threads"], "variables": applied["variables"]}
     return stable, {"in_effect": applied["in_effect"], "notes": applied["notes"]}
