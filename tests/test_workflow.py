@@ -120,28 +120,40 @@ TINY = {
 
 
 @pytest.mark.workflow
-def test_tiny_end_to_end_run_produces_every_contract_file(tmp_path):
+def test_tiny_end_to_end_run_produces_every_contract_file(tiny_project, tmp_path):
+    """The tiny grid (3 corrections x 2 losses) on top of a copy of the session's tiny project (ref_abc and none,
+    focal, made from nothing by Snakemake): the grown sweep runs exactly the jobs of its new cells and the report,
+    with the compact terminal log, and every run has every contract file."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_project, work, symlinks=True)
     cfg = json.loads(json.dumps(TINY))
-    cfg["data"]["root"] = str(tmp_path / "data" / "synthetic")
-    override = write_override(tmp_path / "tiny.yaml", cfg)
-    proc = snakemake(tmp_path, "--cores", "2", "--logger", "heatedasc", configfiles=[override])
+    cfg["data"]["root"] = "data/synthetic"  # the copy's own synthetic data
+    override = write_override(work / "tiny.yaml", cfg)
+    proc = snakemake(work, "--cores", "2", "--logger", "heatedasc", configfiles=[override])
 
     # The compact terminal log: a summary line, then one line per job, no reasons, no job chatter.
     out = (proc.stdout + proc.stderr).splitlines()
     from heatedasc.report.registry import REGISTRY
 
-    # synth, prepare, spectra, coef, plot, stats, features, train, one job per report artefact, all
-    total = 1 + 1 + 1 + 3 + 1 + 3 + 6 + 6 + len(REGISTRY) + 1
+    # the new correction's coefficients, statistics and features, the 4 new runs, the coefficient plot (one more
+    # curve), every report artefact that reads the whole grid, all; nothing of the data or of the two runs that
+    # were there, and not Fig. 2, whose one run (report.fig2_*: ref_abc, focal, seed 0) was there
+    new = {"coefficients": 1, "feature_stats": 1, "features": 2, "train": 4, "coefficient_plot": 1, "all": 1,
+           **{artefact.name: 1 for artefact in REGISTRY if artefact.name != "fig2"}}
+    total = sum(new.values())
     job_lines = [l for l in out if re.match(rf"^\[\d\d:\d\d:\d\d\] \[\d+/{total} done\] \S+", l)]
-    assert any(l.startswith(f"{total} job(s) to run: all 1, calibration 1,") for l in out), out[:3]
-    assert len(job_lines) == total and sum("] train " in l for l in job_lines) == 6
-    assert any(l.endswith("] train ref_abc T=1 focal seed=0") for l in job_lines)
+    summary = ", ".join(f"{rule} {n}" for rule, n in sorted(new.items()))
+    assert f"{total} job(s) to run: {summary}" in out, out[:3]
+    assert len(job_lines) == total and sum("] train " in l for l in job_lines) == 4
+    assert any(l.endswith("] train ref_bc T=1 ce seed=0") for l in job_lines)
     assert f"{total} of {total} jobs done in" in out[-2] and not any("reason:" in l or "INFO heatedasc" in l for l in out)
     assert len(out) <= total + 4
-    train_log = tmp_path / "logs" / "train" / "ref_abc" / "T1" / "focal" / "seed0.log"
+    train_log = work / "logs" / "train" / "ref_bc" / "T1" / "ce" / "seed0.log"
     assert "INFO heatedasc.train: epoch 1/1" in train_log.read_text()
 
-    results = tmp_path / "results"
+    results = work / "results"
     for c in ("ref_abc", "ref_bc", "none"):
         for loss in ("focal", "ce"):
             run = results / "runs" / c / "T1" / loss / "seed0"
@@ -166,7 +178,7 @@ def test_tiny_end_to_end_run_produces_every_contract_file(tmp_path):
     assert json.loads((results / "metrics.json").read_text())  # dvc metrics summary is valid JSON
 
     # A second invocation has nothing left to do.
-    again = snakemake(tmp_path, "--cores", "2", "-n", configfiles=[override])
+    again = snakemake(work, "--cores", "2", "-n", configfiles=[override])
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
