@@ -23,11 +23,15 @@ def venv_env() -> dict:
     return env
 
 
-# The files that run whole workflows (minutes each on 2 cores). `make test` runs pytest-xdist with
-# `--dist loadfile --no-loadscope-reorder`, which hands out files in collection order: starting the long ones first
-# keeps both workers busy to the end instead of leaving one long file to run alone. The SLURM sweep goes first: it
-# is the longest and mostly waits for the scheduler, so the other worker's CPU-bound files fill that time.
-SLOW_FIRST = ("test_slurm.py", "test_workflow.py", "test_dvc.py", "test_data_safety.py", "test_cpu_identity.py")
+# The files that run workflows (from about a minute to four on 2 cores), longest first. `make test` runs
+# pytest-xdist with `--dist loadfile --no-loadscope-reorder`, which hands out whole files in collection order (each
+# worker holding two): starting the long ones first keeps both workers busy to the end with the short files, instead
+# of leaving one long file to run alone at the end (test_rerun_contract.py, collected late, once made the last two
+# minutes one worker's). The SLURM sweep goes first: it mostly waits for the scheduler, so the other worker's
+# CPU-bound files fill that time.
+SLOW_FIRST = ("test_slurm.py", "test_rerun_contract.py", "test_dvc.py", "test_data_safety.py", "test_faults.py",
+              "test_workflow.py", "test_gpu_check.py", "test_cpu_identity.py", "test_snakemake_contract.py",
+              "test_train.py", "test_readme.py")
 
 
 def pytest_collection_modifyitems(config, items):
