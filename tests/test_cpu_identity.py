@@ -18,10 +18,9 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO, venv_env
+from conftest import REPO, tiny_project_config, venv_env
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from conftest import tiny_project_config  # noqa: E402
 from cpu_spread import stage_hashes  # noqa: E402
 
 MACHINE_B = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
