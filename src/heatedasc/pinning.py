@@ -192,8 +192,9 @@ def in_effect() -> dict:
     return {**_numpy_side(), **torch_side}
 
 
-def _problems(cfg: dict, found: dict, libs: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """What in `found` breaks the pin of `cfg`, among `libs` (kernels and thread counts); and the notes."""
+def _check(cfg: dict, found: dict, libs: tuple[str, ...], where: str = "") -> list[str]:
+    """Check `found` against the pin of `cfg`, among `libs` (kernels and thread counts): a PinningError naming every
+    problem (`where` says when the libraries were checked), else the notes, each also logged as a warning."""
     problems, notes = [], []
     threads = cfg["threads"]
     for lib, value in EXPECTED[cfg["kernels"]].items():
@@ -210,7 +211,11 @@ def _problems(cfg: dict, found: dict, libs: tuple[str, ...]) -> tuple[list[str],
     for key in ("torch_threads", "mkl_threads", "openblas_threads"):
         if key in libs and found.get(key) not in (None, threads):
             problems.append(f"{key} is {found.get(key)}, expected cpu.threads = {threads}")
-    return problems, notes
+    if problems:
+        raise PinningError(f"cpu.kernels {cfg['kernels']}{where}: " + "; ".join(problems))
+    for note in notes:
+        log.warning("%s", note)
+    return notes
 
 
 def apply(cpu_cfg: Mapping | None) -> dict:
@@ -245,12 +250,7 @@ def apply(cpu_cfg: Mapping | None) -> dict:
     except ImportError:
         pass
     found = in_effect()
-    libs = NUMPY_SIDE + (TORCH_SIDE if torch is not None else ())
-    problems, notes = _problems(cfg, found, libs)
-    if problems:
-        raise PinningError(f"cpu.kernels {cfg['kernels']}: " + "; ".join(problems))
-    for note in notes:
-        log.warning("%s", note)
+    notes = _check(cfg, found, NUMPY_SIDE + (TORCH_SIDE if torch is not None else ()))
     variables = {k: v for k, v in wanted.items() if k not in THREAD_VARIABLES}
     result = {"kernels": cfg["kernels"], "threads": threads, "variables": variables, "in_effect": found,
               "notes": notes}
@@ -282,13 +282,7 @@ def record() -> tuple[dict, dict]:
         # torch was loaded during the job, after apply(), with the pinned environment: checked now, before any
         # record is written, so a job whose torch ran other kernels or threads records nothing
         found = _torch_side()
-        problems, notes = _problems(applied, found, TORCH_SIDE)
-        if problems:
-            raise PinningError(f"cpu.kernels {applied['kernels']} (torch, loaded during the job): "
-                               + "; ".join(problems))
-        for note in notes:
-            log.warning("%s", note)
+        applied["notes"].extend(_check(applied, found, TORCH_SIDE, " (torch, loaded during the job)"))
         applied["in_effect"].update(found)
-        applied["notes"].extend(notes)
     stable = {"kernels": applied["kernels"], "threads": applied["threads"], "variables": applied["variables"]}
     return stable, {"in_effect": applied["in_effect"], "notes": applied["notes"]}
