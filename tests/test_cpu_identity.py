@@ -82,8 +82,11 @@ def test_pinned_cpu_stages_and_training_are_identical_on_two_emulated_machines(t
                 continue
             assert found_here["torch"] == "AVX2" and found_here["onednn"] == "Intel AVX2", record
             assert found_here["torch_threads"] == found_here["mkl_threads"] == 1, record
-    # torch ran, pinned, in every job that computes with it: the coefficients, the features and training
+    # torch ran, pinned, in every job that computes with it: the mean spectra (its STFT), the features and training;
+    # the coefficient jobs divide spectra with numpy and never load it
     with_torch = {r for r, (_, found) in ra.items() if found["torch"] != "not loaded"}
     assert with_torch == {r for r, (_, found) in rb.items() if found["torch"] != "not loaded"}
     assert {r.split("/")[1] for r in with_torch} == {"coefficients", "features", "runs"}, sorted(with_torch)
+    assert {r for r in with_torch if r.startswith("results/coefficients/")} == {
+        "results/coefficients/mean_spectra.provenance.json"}, sorted(with_torch)
     assert sum(r.startswith("results/runs/") for r in with_torch) == 2

@@ -8,11 +8,9 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from heatedasc.audio import audio_path, read_batch
-from heatedasc.dsp import stft_magnitude
 from heatedasc.fileio import atomic_path
 from heatedasc.tau import DatasetError
 
@@ -77,6 +75,12 @@ def compute_mean_spectra(
     progress: bool = True,  # pragma: no mutate  (progress-bar display)
 ) -> dict:
     """m_i(f) = mean over frames of |X_i(f, t)| for every file of the training triplets (float64)."""
+    # torch and the STFT are imported here, not at the top: the coefficient and plot jobs import this module for
+    # numpy work only, and loading torch would cost each of them more than the work itself (about 2 s of CPU).
+    import torch
+
+    from heatedasc.dsp import stft_magnitude
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rows = parallel_training_groups(manifest, devices)
