@@ -124,6 +124,14 @@ def test_z_quantile_is_the_two_sided_normal_quantile(confidence, z):
     assert significance.z_quantile(confidence) == pytest.approx(stats.norm.ppf(1 - (1 - confidence) / 2), abs=1e-12)
 
 
+@pytest.mark.parametrize("confidence", [0.8, 0.9, 0.95, 0.99, 1 - 0.05 / 3])
+def test_the_quantiles_are_scipy_stats_values_bit_for_bit(confidence):
+    """They come from scipy.special, so the report job never imports scipy.stats: the very same floats."""
+    assert significance.z_quantile(confidence) == stats.norm.ppf(0.5 + confidence / 2)
+    for df in (1, 2, 4, 9, 30, 1000):
+        assert significance.t_quantile(confidence, df) == stats.t.ppf(0.5 + confidence / 2, df), df
+
+
 def test_combined_interval_adds_the_half_widths_in_variance():
     # mean 2, seed half-width 3, se_test 2 at 90%: half = √(3² + (1.6449 · 2)²)
     low, high = significance.combined_interval(2.0, 3.0, 2.0, confidence=0.9)
