@@ -27,9 +27,9 @@ def venv_env() -> dict:
 # pytest-xdist with `--dist loadfile --no-loadscope-reorder`, which hands out whole files in collection order (each
 # worker holding two): starting the long ones first keeps both workers busy to the end with the short files, instead
 # of leaving one long file to run alone at the end (test_rerun_contract.py, collected late, once made the last two
-# minutes one worker's). The SLURM sweep goes first: it mostly waits for the scheduler, so the other worker's
-# CPU-bound files fill that time.
-SLOW_FIRST = ("test_slurm.py", "test_rerun_contract.py", "test_dvc.py", "test_data_safety.py", "test_faults.py",
+# minutes one worker's). The SLURM sweep goes first: it mostly waits for the scheduler, and makes the session's
+# tiny project meanwhile (conftest.tiny_project), so the file beside it starts with a test that does not need it.
+SLOW_FIRST = ("test_slurm.py", "test_dvc.py", "test_rerun_contract.py", "test_data_safety.py", "test_faults.py",
               "test_workflow.py", "test_gpu_check.py", "test_cpu_identity.py", "test_snakemake_contract.py",
               "test_train.py", "test_readme.py")
 
@@ -91,13 +91,69 @@ def tiny_project(tmp_path_factory) -> Path:
             shutil.rmtree(work.parent, ignore_errors=True)  # what a failed attempt left
             work.mkdir(parents=True)
             (work / "tiny.yaml").write_text(yaml.safe_dump(tiny_project_config()))
-            subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(REPO / "Snakefile"),
-                            "--directory", str(work), "--configfile", str(REPO / "params.yaml"),
-                            str(work / "tiny.yaml")],
-                           check=True, capture_output=True, env={**venv_env(), "PYTHONPATH": str(REPO / "src")},
-                           timeout=900)
+            def snakemake(*targets: str) -> list[str]:
+                return [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--snakefile",
+                        str(REPO / "Snakefile"), "--directory", str(work), "--configfile", str(REPO / "params.yaml"),
+                        str(work / "tiny.yaml")]
+
+            def run(cmd: list[str]) -> None:
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"the tiny project failed: {' '.join(cmd)}\n{proc.stderr[-6000:]}")
+
+            env = {**venv_env(), "PYTHONPATH": str(REPO / "src")}
+            # The demo's route: the generator writes the data, then every later job reads it without writing it.
+            # The rest of the DAG runs with the data read-only (tests/test_data_safety.py checks the record).
+            run(snakemake("synthetic_data"))
+            root = work / "data" / "synthetic"
+            before = snapshot(root)
+            how = read_only_how()
+            try:
+                run(read_only(root, snakemake()) if how else snakemake())
+            finally:
+                if how == "chmod":
+                    subprocess.run(["chmod", "-R", "u+w", str(root)], check=True)
+            (work.parent / "data-safety.json").write_text(json.dumps({"read_only": how, "before": before}))
             done.touch()
     return work
+
+
+def snapshot(root: Path) -> dict:
+    """Every file and folder under root: content hash, size, mtime and inode (any rewrite changes one)."""
+    import hashlib
+
+    out = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        key = path.relative_to(root).as_posix()
+        if path.is_file():
+            out[key] = [hashlib.sha256(path.read_bytes()).hexdigest(), st.st_size, st.st_mtime_ns, st.st_ino]
+        else:
+            out[key] = ["dir", st.st_mode]
+    return out
+
+
+def read_only_how() -> str | None:
+    """How read_only() makes a tree read-only here: "bind mount" (root, which ignores permission bits, in a private
+    mount namespace), "chmod" (anyone else), or None (root without `unshare`)."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return "chmod"
+    return "bind mount" if shutil.which("unshare") else None
+
+
+def read_only(root: Path, cmd: list[str]) -> list[str]:
+    """cmd, to run with `root` read-only (read_only_how). With chmod, the caller gives write permission back
+    afterwards (`chmod -R u+w`)."""
+    how = read_only_how()
+    if how is None:
+        pytest.skip("unshare is needed to make a read-only tree for root")
+    if how == "bind mount":
+        script = f'mount --bind "{root}" "{root}" && mount -o remount,ro,bind "{root}" "{root}" && exec "$0" "$@"'
+        return ["unshare", "--mount", "sh", "-c", script, *cmd]
+    subprocess.run(["chmod", "-R", "a-w", str(root)], check=True)
+    return cmd
 
 
 @contextlib.contextmanager
