@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,8 +69,9 @@ def _profile_cmd(workdir: Path, cfg: Path) -> list[str]:
         sys.executable, "-m", "snakemake", "--profile", "slurm",
         "--directory", str(workdir),
         "--configfile", str(REPO / "params.yaml"), str(cfg),
-        # only to make the test quick: the first status check after 2 s instead of 40
-        "--slurm-init-seconds-before-status-checks", "2", "--jobs", "4",
+        # only to make the test quick: the first status check 1 s after a submission instead of 40 (the plugin adds
+        # 10 s to each wait that finds no job finished, and starts again from this one when one has)
+        "--slurm-init-seconds-before-status-checks", "1", "--jobs", "4",
     ]
 
 
@@ -88,16 +90,27 @@ def test_profile_slurm_runs_the_sweep_survives_a_cancelled_train_job_and_matches
     target = "results/tables/table2.csv"
     proc = subprocess.Popen(_profile_cmd(workdir, cfg) + [target], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=venv_env())
-    cancelled = None
-    deadline = time.monotonic() + 600
-    while cancelled is None and proc.poll() is None and time.monotonic() < deadline:
-        for job in _slurm_jobs(workdir):
-            if job.get("Comment", "").startswith("rule_train") and job["JobState"] in ("PENDING", "RUNNING"):
-                subprocess.run(["scancel", job["JobId"]], check=True)
-                cancelled = job
-                break
-        time.sleep(0.3)
+    found: list[dict] = []
+
+    def cancel_a_train_job() -> None:
+        deadline = time.monotonic() + 600
+        while not found and proc.poll() is None and time.monotonic() < deadline:
+            for job in _slurm_jobs(workdir):
+                if job.get("Comment", "").startswith("rule_train") and job["JobState"] in ("PENDING", "RUNNING"):
+                    subprocess.run(["scancel", job["JobId"]], check=True)
+                    found.append(job)
+                    break
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=cancel_a_train_job, daemon=True)
+    watcher.start()
+    # The same DAG run locally (the session's tiny project), to compare the numbers with at the end: made here if no
+    # other worker has made it yet, while the scheduler runs the sweep (each level of the DAG waits for a status
+    # check, so this worker would otherwise mostly wait).
+    tiny_project = request.getfixturevalue("tiny_project")
     out, _ = proc.communicate(timeout=900)
+    watcher.join(timeout=60)
+    cancelled = found[0] if found else None
     assert cancelled is not None, "no train job was seen in the queue to cancel:\n" + out[-4000:]
     gone = "ref_abc" if "ref_abc" in cancelled["Comment"] else "none"
     kept = "none" if gone == "ref_abc" else "ref_abc"
@@ -149,9 +162,7 @@ def test_profile_slurm_runs_the_sweep_survives_a_cancelled_train_job_and_matches
         assert where["slurm"]["slurm_job_id"] in finished
         assert where["host"]["cuda_visible_devices"] == "0"
 
-    # The same DAG run locally (the session's tiny project, at another path) gives the same numbers. Asked for only
-    # now: another pytest worker builds it meanwhile, while this one mostly waits for the scheduler.
-    tiny_project = request.getfixturevalue("tiny_project")
+    # The same DAG run locally (the session's tiny project, at another path) gives the same numbers.
     for c in ("ref_abc", "none"):
         a = json.loads((workdir / "results/runs" / c / "T1/focal/seed0/metrics.json").read_text())
         b = json.loads((tiny_project / "results/runs" / c / "T1/focal/seed0/metrics.json").read_text())
