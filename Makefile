@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   - install everything, then run the whole DAG on the synthetic demo (dvc repro)
-#   make test   - install everything, then the guard rails (make lint) and the whole test suite
+#   make test   - install everything, then the guard rails (make lint) and the whole test suite (make suite), side by side
 # Also: make lint, make test-fast (the unit tests, no workflow runs: about a minute), make pull, make clean-results,
 #   make mutants (mutation testing of the numeric core; not in CI, long: MODULES="losses correction" for some),
 #   make gpu-check (on a machine with a CUDA GPU: the GPU correctness tests, then the GPU timing benchmark)
@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint pull clean-results mutants gpu-check
+.PHONY: setup demo test suite test-fast lint pull clean-results mutants gpu-check
 
 setup: $(STAMP)
 
@@ -38,10 +38,16 @@ lint: setup
 test-fast: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder -m "not workflow and not slurm"
 
-test: setup lint
+test: setup
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tools/local-slurm.sh install && \
 	   { command -v chromium >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
 	 else echo "make test: not root, SLURM and Chromium are not installed here; their tests skip if absent"; fi
+	@# The guard rails and the suite side by side (make's own -j): the suite's first minutes leave a core to spare
+	@# while the SLURM sweep waits for its scheduler. Either one failing fails `make test`.
+	@$(MAKE) --no-print-directory -j2 lint suite
+
+# The whole test suite (what `make test` runs beside `make lint`).
+suite: setup
 	@# Snakemake's SLURM plugin runs `scontrol show config` each time snakemake starts: with SLURM installed but its
 	@# daemons down, that waits ~9 s per call. So the local node runs for the whole session (stopped after, if started here).
 	started=; if [ "$$(id -u)" = 0 ] && command -v slurmctld >/dev/null && ! tools/local-slurm.sh status; then \
