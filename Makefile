@@ -43,7 +43,8 @@ test: setup
 	   { command -v chromium >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
 	 else echo "make test: not root, SLURM and Chromium are not installed here; their tests skip if absent"; fi
 	@# The guard rails and the suite side by side (make's own -j): the suite's first minutes leave a core to spare
-	@# while the SLURM sweep waits for its scheduler. Either one failing fails `make test`.
+	@# while the SLURM sweep waits for its scheduler. Either one failing fails `make test` (make waits for the other
+	@# to end first, so a lint error is reported when the suite ends; its lines stand among pytest's).
 	@$(MAKE) --no-print-directory -j2 lint suite
 
 # The whole test suite (what `make test` runs beside `make lint`).

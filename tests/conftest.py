@@ -23,7 +23,7 @@ def venv_env() -> dict:
     return env
 
 
-# The files that run workflows (from about a minute to four on 2 cores), longest first. `make test` runs
+# The files that run workflows (from about a minute to four on 2 cores), the long ones first. `make test` runs
 # pytest-xdist with `--dist loadfile --no-loadscope-reorder`, which hands out whole files in collection order (each
 # worker holding two): starting the long ones first keeps both workers busy to the end with the short files, instead
 # of leaving one long file to run alone at the end (test_rerun_contract.py, collected late, once made the last two
@@ -135,12 +135,16 @@ def snapshot(root: Path) -> dict:
 
 def read_only_how() -> str | None:
     """How read_only() makes a tree read-only here: "bind mount" (root, which ignores permission bits, in a private
-    mount namespace), "chmod" (anyone else), or None (root without `unshare`)."""
+    mount namespace), "chmod" (anyone else), or None (root where `unshare --mount` is missing or not allowed)."""
     import shutil
 
     if os.geteuid() != 0:
         return "chmod"
-    return "bind mount" if shutil.which("unshare") else None
+    if shutil.which("unshare") is None:
+        return None
+    # a container without CAP_SYS_ADMIN has the program but may not make a mount namespace
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
+    return "bind mount" if probe.returncode == 0 else None
 
 
 def read_only(root: Path, cmd: list[str]) -> list[str]:
@@ -148,7 +152,7 @@ def read_only(root: Path, cmd: list[str]) -> list[str]:
     afterwards (`chmod -R u+w`)."""
     how = read_only_how()
     if how is None:
-        pytest.skip("unshare is needed to make a read-only tree for root")
+        pytest.skip("`unshare --mount` is needed (and allowed) to make a read-only tree for root")
     if how == "bind mount":
         script = f'mount --bind "{root}" "{root}" && mount -o remount,ro,bind "{root}" "{root}" && exec "$0" "$@"'
         return ["unshare", "--mount", "sh", "-c", script, *cmd]

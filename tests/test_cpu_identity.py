@@ -89,4 +89,6 @@ def test_pinned_cpu_stages_and_training_are_identical_on_two_emulated_machines(t
     assert {r.split("/")[1] for r in with_torch} == {"coefficients", "features", "runs"}, sorted(with_torch)
     assert {r for r in with_torch if r.startswith("results/coefficients/")} == {
         "results/coefficients/mean_spectra.provenance.json"}, sorted(with_torch)
+    plot = cpu_records(a)["results/coefficients/coefficients.provenance.json"][1]  # only A ran the coefficient plot
+    assert plot["torch"] == "not loaded" and plot["numpy"] == "X86_V3", plot
     assert sum(r.startswith("results/runs/") for r in with_torch) == 2

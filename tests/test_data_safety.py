@@ -135,6 +135,9 @@ def test_read_only_makes_a_tree_that_no_write_gets_into(tmp_path):
         subprocess.run(["chmod", "-R", "u+w", str(root)], check=True)
     assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
     assert snapshot(root) == before
+    # the same four writes without the wrapper all get in: the script does write
+    unguarded = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert unguarded.stdout.count("WROTE: ") == 4, unguarded.stdout + unguarded.stderr
 
 
 @pytest.mark.workflow

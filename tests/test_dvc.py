@@ -3,7 +3,8 @@
 What a DVC user does, and what must then hold in BOTH tools with no extra command:
 * `dvc repro`, then nothing to do; from scratch it makes the same dvc.lock as the results Snakemake alone made;
 * after `git clone` + `dvc pull`, `dvc checkout`, `git checkout <other>` + `dvc checkout` and `dvc exp apply`,
-  `dvc status` and `snakemake -n` (plain and with `--profile slurm`) report nothing to do;
+  `dvc status --json` and `snakemake -n` report nothing to do (and, after the pull and after `exp apply`, DVC's
+  human-readable status and the literal cluster command `--profile slurm` too);
 * `dvc exp run -S` takes effect (and `dvc exp show` / `dvc params diff` show the values that ran), or stops
   naming the config file that overrides the key.
 What a change (a param, a library module, a raw wav, a cached intermediate) makes `dvc status` and `dvc repro` do is

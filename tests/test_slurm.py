@@ -91,25 +91,34 @@ def test_profile_slurm_runs_the_sweep_survives_a_cancelled_train_job_and_matches
     proc = subprocess.Popen(_profile_cmd(workdir, cfg) + [target], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=venv_env())
     found: list[dict] = []
+    errors: list[BaseException] = []
 
     def cancel_a_train_job() -> None:
-        deadline = time.monotonic() + 600
-        while not found and proc.poll() is None and time.monotonic() < deadline:
-            for job in _slurm_jobs(workdir):
-                if job.get("Comment", "").startswith("rule_train") and job["JobState"] in ("PENDING", "RUNNING"):
-                    subprocess.run(["scancel", job["JobId"]], check=True)
-                    found.append(job)
-                    break
-            time.sleep(0.3)
+        try:
+            deadline = time.monotonic() + 600
+            while not found and proc.poll() is None and time.monotonic() < deadline:
+                for job in _slurm_jobs(workdir):
+                    if job.get("Comment", "").startswith("rule_train") and job["JobState"] in ("PENDING", "RUNNING"):
+                        subprocess.run(["scancel", job["JobId"]], check=True)
+                        found.append(job)
+                        break
+                time.sleep(0.3)
+        except BaseException as exc:  # reported by the test, not lost with the thread
+            errors.append(exc)
 
     watcher = threading.Thread(target=cancel_a_train_job, daemon=True)
     watcher.start()
-    # The same DAG run locally (the session's tiny project), to compare the numbers with at the end: made here if no
-    # other worker has made it yet, while the scheduler runs the sweep (each level of the DAG waits for a status
-    # check, so this worker would otherwise mostly wait).
-    tiny_project = request.getfixturevalue("tiny_project")
-    out, _ = proc.communicate(timeout=900)
+    try:
+        # The same DAG run locally (the session's tiny project), to compare the numbers with at the end: made here if
+        # no other worker has made it yet, while the scheduler runs the sweep (each level of the DAG waits for a
+        # status check, so this worker would otherwise mostly wait).
+        tiny_project = request.getfixturevalue("tiny_project")
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     watcher.join(timeout=60)
+    assert not errors, f"watching the queue failed: {errors[0]!r}"
     cancelled = found[0] if found else None
     assert cancelled is not None, "no train job was seen in the queue to cancel:\n" + out[-4000:]
     gone = "ref_abc" if "ref_abc" in cancelled["Comment"] else "none"
