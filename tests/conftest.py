@@ -1,4 +1,5 @@
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -133,6 +134,7 @@ def snapshot(root: Path) -> dict:
     return out
 
 
+@functools.cache
 def read_only_how() -> str | None:
     """How read_only() makes a tree read-only here: "bind mount" (root, which ignores permission bits, in a private
     mount namespace), "chmod" (anyone else), or None (root where `unshare --mount` is missing or not allowed)."""

@@ -12,7 +12,7 @@ import ast
 import hashlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 PACKAGE = "heatedasc"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -86,12 +86,15 @@ def module_files(package_dir: Path, name: str) -> list[Path]:
 
 def import_graph(package_dir: Path = PACKAGE_DIR) -> dict[str, set[str]]:
     """module -> the package's top-level modules it imports (a sub-package counts as one module)."""
-    modules = package_modules(package_dir)
-    graph = {}
-    for name in modules:
-        source = "\n".join(f.read_text() for f in module_files(package_dir, name))
-        graph[name] = package_imports(source, set(modules), package_dir.name) - {name}
-    return graph
+    modules = set(package_modules(package_dir))
+    return {name: module_imports(package_dir, name, modules) for name in modules}
+
+
+def module_imports(package_dir: Path, name: str, modules: set[str]) -> set[str]:
+    """The package's top-level modules (of ``modules``) that module or sub-package ``name`` imports: its edges in
+    import_graph."""
+    source = "\n".join(f.read_text() for f in module_files(package_dir, name))
+    return package_imports(source, modules, package_dir.name) - {name}
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -117,12 +120,17 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def closure(graph: dict[str, set[str]], roots: set[str]) -> set[str]:
     """``roots`` and everything they import, directly or not."""
+    return reachable(roots, lambda m: graph.get(m, ()))
+
+
+def reachable(roots: Iterable[str], edges: Callable[[str], Iterable[str]]) -> set[str]:
+    """``roots`` and every node reached from them; ``edges`` is asked once per node reached, so it may compute them."""
     seen, todo = set(), list(roots)
     while todo:
         m = todo.pop()
         if m not in seen:
             seen.add(m)
-            todo.extend(graph.get(m, ()))
+            todo.extend(edges(m))
     return seen
 
 
@@ -131,18 +139,9 @@ def script_modules(script: Path, package_dir: Path = PACKAGE_DIR) -> set[str]:
 
     The closure over import_graph's edges, walked from the script's imports: only the modules it reaches are read
     and parsed (each job computes its own digests, and most jobs reach a fifth of the package)."""
-    modules = package_modules(package_dir)
-    names = set(modules)
-    direct = package_imports(Path(script).read_text(), names, package_dir.name) - NOT_CODE
-    seen: set[str] = set()
-    todo = list(direct)
-    while todo:
-        m = todo.pop()
-        if m not in seen:
-            seen.add(m)
-            source = "\n".join(f.read_text() for f in module_files(package_dir, m))
-            todo.extend(package_imports(source, names, package_dir.name) - {m})
-    return seen - NOT_CODE
+    modules = set(package_modules(package_dir))
+    direct = package_imports(Path(script).read_text(), modules, package_dir.name) - NOT_CODE
+    return reachable(direct, lambda m: module_imports(package_dir, m, modules)) - NOT_CODE
 
 
 def _sha256(path: Path) -> str:
